@@ -1,0 +1,147 @@
+"""Value types shared by every layer: capacity, outcome, attempt, decision, termination notice.
+
+Pure: no I/O and no clock reads; times are passed in as aware datetimes or epoch seconds.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Capacity(StrEnum):
+    SPOT = "SPOT"
+    ON_DEMAND = "ON_DEMAND"
+
+
+class Outcome(StrEnum):
+    """How an attempt ended."""
+
+    SUCCEEDED = "SUCCEEDED"
+    PREEMPTED = "PREEMPTED"
+    NO_CAPACITY = "NO_CAPACITY"
+    INFRA_ERROR = "INFRA_ERROR"
+    APP_ERROR = "APP_ERROR"
+    TIMEOUT = "TIMEOUT"
+    CANCELLED = "CANCELLED"
+
+
+class AttemptState(StrEnum):
+    """Where a live attempt is; terminal attempts carry an :class:`Outcome` instead."""
+
+    PENDING = "PENDING"  # submitted, waiting for capacity (Batch RUNNABLE / GCP QUEUED, SCHEDULED)
+    RUNNING = "RUNNING"
+    DONE = "DONE"
+
+
+class NoticeKind(StrEnum):
+    INTERRUPTION = "INTERRUPTION"  # AWS spot/instance-action, GCE preempted=TRUE, local notice
+    REBALANCE = "REBALANCE"  # AWS rebalance recommendation (advisory)
+    MAINTENANCE = "MAINTENANCE"  # GCE TERMINATE_ON_HOST_MAINTENANCE
+    SIGTERM = "SIGTERM"  # the process got SIGTERM with no metadata notice first
+    PREEMPTED = "PREEMPTED"  # orchestrator-side: the job is already gone
+
+
+class TerminationNotice(BaseModel):
+    """A termination warning seen by a worker, or an event seen by the orchestrator."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: NoticeKind
+    source: str  # "aws", "gcp", "local", "signal", "eventbridge", "gcp-batch"
+    action: str | None = None  # AWS: terminate | stop | hibernate
+    deadline: datetime | None = None  # when the capacity goes away, if known
+    seen_at: datetime | None = None
+    instance_id: str | None = None
+    job_id: str | None = None
+    step_key: str | None = None
+    detail: dict = Field(default_factory=dict)
+
+
+class Attempt(BaseModel):
+    """One submission of a step on one capacity type: one row of the ledger."""
+
+    number: int = Field(ge=1)
+    capacity: Capacity
+    job_id: str
+    backend: str
+    state: AttemptState = AttemptState.PENDING
+    outcome: Outcome | None = None
+    reason: str | None = None  # raw provider reason, kept for humans
+    exit_code: int | None = None
+    instance_type: str | None = None
+    zone: str | None = None
+    instance_id: str | None = None
+    submitted_at: float  # epoch seconds
+    started_at: float | None = None
+    ended_at: float | None = None
+    resumed_from_step: int | None = None
+    progress_start: float | None = None  # checkpoint progress fraction when the attempt began
+    progress_end: float | None = None
+    cost_usd: float | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.state is not AttemptState.DONE
+
+    def run_seconds(self) -> float:
+        if self.started_at is None:
+            return 0.0
+        end = self.ended_at if self.ended_at is not None else self.started_at
+        return max(0.0, end - self.started_at)
+
+
+class Observation(BaseModel):
+    """What a backend saw of a live attempt in one describe call (already classified)."""
+
+    job_id: str
+    state: AttemptState
+    outcome: Outcome | None = None
+    reason: str | None = None
+    exit_code: int | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    instance_id: str | None = None
+    instance_type: str | None = None
+    zone: str | None = None
+
+
+class Action(StrEnum):
+    SUBMIT = "SUBMIT"  # submit a new attempt on `capacity`
+    WAIT = "WAIT"  # keep watching the live attempt
+    CANCEL_AND_SUBMIT = "CANCEL_AND_SUBMIT"  # live attempt timed out waiting: cancel it, then submit
+    SUCCEED = "SUCCEED"
+    FAIL = "FAIL"
+
+
+class Decision(BaseModel):
+    """What to do next. The planner returns it; the runner / operator / task carries it out."""
+
+    model_config = ConfigDict(frozen=True)
+
+    action: Action
+    capacity: Capacity | None = None
+    reason: str = ""
+    escalated: bool = False  # this decision moves the step from SPOT to ON_DEMAND
+
+    @classmethod
+    def submit(cls, capacity: Capacity, reason: str, *, escalated: bool = False) -> Decision:
+        return cls(action=Action.SUBMIT, capacity=capacity, reason=reason, escalated=escalated)
+
+    @classmethod
+    def wait(cls, reason: str = "attempt is live") -> Decision:
+        return cls(action=Action.WAIT, reason=reason)
+
+    @classmethod
+    def succeed(cls, reason: str = "attempt succeeded") -> Decision:
+        return cls(action=Action.SUCCEED, reason=reason)
+
+    @classmethod
+    def fail(cls, reason: str) -> Decision:
+        return cls(action=Action.FAIL, reason=reason)
+
+
+RESERVED_EXIT_CODE = 75
+"""Exit code of ``spot-run`` when it stopped because of a notice after saving (EX_TEMPFAIL)."""
