@@ -119,5 +119,7 @@ class StepSpec(BaseModel):
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
         for name in v:
             if name.startswith("SPOT_"):
-                raise ValueError(f"env variable {name!r} is reserved: SPOT_* is set by spot-workflows")
+                raise ValueError(
+                    f"env variable {name!r} is reserved: SPOT_* is set by spot-workflows"
+                )
         return v

@@ -65,7 +65,8 @@ class Attempt(BaseModel):
 
     number: int = Field(ge=1)
     capacity: Capacity
-    job_id: str
+    job_name: str  # deterministic per (step, attempt): written to the ledger BEFORE submitting
+    job_id: str | None = None  # set once the backend accepted the submission
     backend: str
     state: AttemptState = AttemptState.PENDING
     outcome: Outcome | None = None
@@ -111,7 +112,7 @@ class Observation(BaseModel):
 class Action(StrEnum):
     SUBMIT = "SUBMIT"  # submit a new attempt on `capacity`
     WAIT = "WAIT"  # keep watching the live attempt
-    CANCEL_AND_SUBMIT = "CANCEL_AND_SUBMIT"  # live attempt timed out waiting: cancel it, then submit
+    CANCEL = "CANCEL"  # cancel the live attempt and record `outcome` for it (e.g. NO_CAPACITY)
     SUCCEED = "SUCCEED"
     FAIL = "FAIL"
 
@@ -123,6 +124,7 @@ class Decision(BaseModel):
 
     action: Action
     capacity: Capacity | None = None
+    outcome: Outcome | None = None  # with CANCEL: the outcome to record for the cancelled attempt
     reason: str = ""
     escalated: bool = False  # this decision moves the step from SPOT to ON_DEMAND
 
@@ -133,6 +135,10 @@ class Decision(BaseModel):
     @classmethod
     def wait(cls, reason: str = "attempt is live") -> Decision:
         return cls(action=Action.WAIT, reason=reason)
+
+    @classmethod
+    def cancel(cls, outcome: Outcome, reason: str) -> Decision:
+        return cls(action=Action.CANCEL, outcome=outcome, reason=reason)
 
     @classmethod
     def succeed(cls, reason: str = "attempt succeeded") -> Decision:

@@ -1,0 +1,183 @@
+"""The blocking submit -> watch -> decide loop over any backend.
+
+Used by the CLI and the Prefect task (the Airflow operator runs the same :meth:`StepRunner.tick`
+between deferrals). Clock and sleep are injectable; every change is written to the ledger before
+the next action, so the loop can be killed at any point and re-run: it re-attaches to the live
+attempt instead of submitting a duplicate.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from spot_workflows.backends.base import Backend
+from spot_workflows.config import SpotPolicy, StepSpec
+from spot_workflows.core.classify import CANCEL_REASON_PREFIX
+from spot_workflows.core.outcomes import Action, Attempt, AttemptState, Decision, Outcome
+from spot_workflows.core.planner import decide
+from spot_workflows.errors import StepFailedError
+from spot_workflows.ledger import Ledger
+from spot_workflows.runtime.store import CheckpointStore
+
+log = logging.getLogger("spot_workflows.runner")
+
+
+@dataclass(frozen=True)
+class RunnerEvent:
+    """Something a user or an engine may want to react to (progress bars, Prefect events)."""
+
+    kind: str  # submitted | reattached | started | preempted | no_capacity | escalated | ...
+    step_key: str
+    attempt: Attempt | None
+    message: str
+
+
+@dataclass
+class RunResult:
+    step_key: str
+    attempts: list[Attempt]
+    decision: Decision
+    escalated: bool = field(default=False)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.decision.action is Action.SUCCEED
+
+
+_OUTCOME_EVENTS = {
+    Outcome.PREEMPTED: "preempted",
+    Outcome.NO_CAPACITY: "no_capacity",
+    Outcome.SUCCEEDED: "succeeded",
+    Outcome.APP_ERROR: "app_error",
+    Outcome.INFRA_ERROR: "infra_error",
+    Outcome.TIMEOUT: "timeout",
+    Outcome.CANCELLED: "cancelled",
+}
+
+
+class StepRunner:
+    def __init__(
+        self,
+        *,
+        spec: StepSpec,
+        backend: Backend,
+        policy: SpotPolicy | None = None,
+        store: CheckpointStore | None = None,
+        poll_interval: float = 1.0,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        on_event: Callable[[RunnerEvent], None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.backend = backend
+        self.policy = policy or SpotPolicy()
+        self.store = store or CheckpointStore(spec.checkpoint_uri)
+        self.poll_interval = poll_interval
+        self.clock = clock
+        self.sleep = sleep
+        self.on_event = on_event
+        self.ledger = Ledger.open(self.store, spec.key)
+
+    # -- public ----------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        """Run the step to a final decision; raise :class:`StepFailedError` if it fails."""
+        while True:
+            decision = self.tick()
+            if decision.action is Action.WAIT:
+                self.sleep(self.poll_interval)
+                continue
+            if decision.action is Action.SUCCEED:
+                return self.result(decision)
+            if decision.action is Action.FAIL:
+                raise StepFailedError(decision.reason, step_key=self.spec.key)
+
+    def tick(self) -> Decision:
+        """Reconcile the live attempt with the backend, decide, and carry out the decision
+        (everything except waiting). Returns the decision taken."""
+        self.reconcile()
+        decision = decide(self.ledger.attempts, self.policy, now=self.clock())
+        self.execute(decision)
+        return decision
+
+    def result(self, decision: Decision) -> RunResult:
+        attempts = list(self.ledger.attempts)
+        escalated = any(a.capacity.value == "ON_DEMAND" for a in attempts) and any(
+            a.capacity.value == "SPOT" for a in attempts
+        )
+        return RunResult(self.spec.key, attempts, decision, escalated)
+
+    # -- steps -------------------------------------------------------------------------------
+    def reconcile(self) -> None:
+        live = self.ledger.live
+        if live is None:
+            return
+        if live.job_id is None:
+            # Crashed between recording the attempt and recording its job id.
+            job_id = self.backend.find(live.job_name)
+            if job_id is None:
+                self._submit_recorded(live)
+                return
+            live = self.ledger.set_job_id(live, job_id)
+            self._emit("reattached", live, f"found job {job_id} by name {live.job_name}")
+        obs = self.backend.describe([live.job_id]).get(live.job_id)
+        if obs is None:
+            self.ledger.finish(
+                live,
+                Outcome.INFRA_ERROR,
+                now=self.clock(),
+                reason=f"job {live.job_id} is no longer known to the {self.backend.name} backend",
+            )
+            return
+        before = live.state
+        live = self.ledger.observe(live, obs)
+        if before is not AttemptState.RUNNING and live.state is AttemptState.RUNNING:
+            self._emit("started", live, f"attempt {live.number} running on {live.capacity.value}")
+        if live.state is AttemptState.DONE and live.outcome is not None:
+            self._emit(_OUTCOME_EVENTS[live.outcome], live, live.reason or live.outcome.value)
+
+    def execute(self, decision: Decision) -> None:
+        if decision.action is Action.SUBMIT:
+            assert decision.capacity is not None
+            latest = self.store.latest()
+            attempt = self.ledger.begin(
+                capacity=decision.capacity,
+                backend=self.backend.name,
+                now=self.clock(),
+                resumed_from_step=latest.step if latest else None,
+                progress=latest.progress if latest else None,
+            )
+            if decision.escalated:
+                self._emit("escalated", attempt, decision.reason)
+            self._submit_recorded(attempt)
+        elif decision.action is Action.CANCEL:
+            live = self.ledger.live
+            assert live is not None and live.job_id is not None and decision.outcome is not None
+            self.backend.cancel(live.job_id, reason=f"{CANCEL_REASON_PREFIX} {decision.reason}")
+            self.ledger.finish(live, decision.outcome, now=self.clock(), reason=decision.reason)
+            self._emit(_OUTCOME_EVENTS[decision.outcome], live, decision.reason)
+        elif decision.action is Action.FAIL:
+            self._emit("failed", None, decision.reason)
+
+    def _submit_recorded(self, attempt: Attempt) -> None:
+        job_id = self.backend.submit(
+            self.spec, job_name=attempt.job_name, attempt=attempt.number, capacity=attempt.capacity
+        )
+        attempt = self.ledger.set_job_id(attempt, job_id)
+        self._emit(
+            "submitted",
+            attempt,
+            f"attempt {attempt.number} on {attempt.capacity.value} as {job_id}"
+            + (
+                f", resuming from step {attempt.resumed_from_step}"
+                if attempt.resumed_from_step is not None
+                else ""
+            ),
+        )
+
+    def _emit(self, kind: str, attempt: Attempt | None, message: str) -> None:
+        log.info("%s: %s", self.spec.key, message)
+        if self.on_event is not None:
+            self.on_event(RunnerEvent(kind, self.spec.key, attempt, message))
