@@ -136,7 +136,12 @@ class StepRunner:
         if before is not AttemptState.RUNNING and live.state is AttemptState.RUNNING:
             self._emit("started", live, f"attempt {live.number} running on {live.capacity.value}")
         if live.state is AttemptState.DONE and live.outcome is not None:
-            self._emit(_OUTCOME_EVENTS[live.outcome], live, live.reason or live.outcome.value)
+            self._emit(
+                _OUTCOME_EVENTS[live.outcome],
+                live,
+                f"attempt {live.number} on {live.capacity.value} {live.outcome.value}"
+                + (f": {live.reason}" if live.reason else ""),
+            )
 
     def execute(self, decision: Decision) -> None:
         if decision.action is Action.SUBMIT:

@@ -20,8 +20,22 @@ AWS_CASES = [
     ("STARTING", None, None, False, S.PENDING, None),
     ("RUNNING", None, None, False, S.RUNNING, None),
     ("SUCCEEDED", "Essential container in task exited", 0, False, S.DONE, O.SUCCEEDED),
-    ("FAILED", "Host EC2 (instance i-0abc123def4567890) terminated.", None, False, S.DONE, O.PREEMPTED),
-    ("FAILED", "Host EC2 (instance i-0abc123def4567890) terminated.", 143, False, S.DONE, O.PREEMPTED),
+    (
+        "FAILED",
+        "Host EC2 (instance i-0abc123def4567890) terminated.",
+        None,
+        False,
+        S.DONE,
+        O.PREEMPTED,
+    ),
+    (
+        "FAILED",
+        "Host EC2 (instance i-0abc123def4567890) terminated.",
+        143,
+        False,
+        S.DONE,
+        O.PREEMPTED,
+    ),
     ("FAILED", "Essential container in task exited", 143, True, S.DONE, O.PREEMPTED),
     ("FAILED", "Essential container in task exited", 143, False, S.DONE, O.APP_ERROR),
     ("FAILED", "Essential container in task exited", 75, False, S.DONE, O.PREEMPTED),
@@ -30,7 +44,14 @@ AWS_CASES = [
     ("FAILED", "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY", None, False, S.DONE, O.NO_CAPACITY),
     ("FAILED", "Job attempt duration exceeded timeout", 137, False, S.DONE, O.TIMEOUT),
     ("FAILED", "CannotPullContainerError: pull access denied", None, False, S.DONE, O.INFRA_ERROR),
-    ("FAILED", "ResourceInitializationError: unable to pull secrets", None, False, S.DONE, O.INFRA_ERROR),
+    (
+        "FAILED",
+        "ResourceInitializationError: unable to pull secrets",
+        None,
+        False,
+        S.DONE,
+        O.INFRA_ERROR,
+    ),
     ("FAILED", "spot-workflows: no capacity after 900s", None, False, S.DONE, O.CANCELLED),
     ("FAILED", "Terminated by user", 143, False, S.DONE, O.CANCELLED),
     ("FAILED", None, None, False, S.DONE, O.INFRA_ERROR),
@@ -74,8 +95,10 @@ GCP_CASES = [
     (
         "FAILED",
         None,
-        ["Task state is updated from RUNNING to FAILED on zones/us-central1-a/instances/x "
-         "due to Spot Preemption with exit code 50001."],
+        [
+            "Task state is updated from RUNNING to FAILED on zones/us-central1-a/instances/x "
+            "due to Spot Preemption with exit code 50001."
+        ],
         S.DONE,
         O.PREEMPTED,
     ),

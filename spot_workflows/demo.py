@@ -1,0 +1,125 @@
+"""``spot-workflows demo``: the whole idea on this machine, with no cloud account.
+
+A deterministic training step runs on the local backend's "spot" capacity; the simulated market
+reclaims it twice (with a notice, so it saves an emergency checkpoint each time and resumes from
+it), the preemption budget runs out, the step escalates to on-demand and finishes; the final
+weights are compared with an uninterrupted reference run.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from spot_workflows.backends.local import LocalBackend
+from spot_workflows.backends.local_market import ScheduledMarket
+from spot_workflows.config import SpotPolicy, StepSpec
+from spot_workflows.core.outcomes import Attempt, Outcome
+from spot_workflows.examples import toy_train
+from spot_workflows.runner import RunnerEvent, RunResult, StepRunner
+
+_STEP = re.compile(rb"^(?:STEP|RESUME|START|EMERGENCY) (\d+)", re.M)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    steps: int = 400
+    every: int = 50
+    step_seconds: float = 0.01
+    seed: int = 7
+    reclaims: tuple[float, ...] = (2.0, 2.0)
+    notice_window_s: float = 2.0
+    preemption_budget: int = 2
+    workdir: Path | None = None
+
+
+def last_step_in_log(path: Path) -> int | None:
+    """Last step the worker reported in its output log (``STEP n`` lines)."""
+    try:
+        found = _STEP.findall(path.read_bytes())
+    except OSError:
+        return None
+    return int(found[-1]) if found else None
+
+
+def attempts_report(result: RunResult, backend: LocalBackend) -> list[dict]:
+    """Per attempt: capacity, outcome, resumed-from step, steps lost, seconds."""
+    rows = []
+    attempts: list[Attempt] = result.attempts
+    for i, a in enumerate(attempts):
+        reached = last_step_in_log(backend.log_path(a.job_id)) if a.job_id else None
+        nxt = attempts[i + 1] if i + 1 < len(attempts) else None
+        lost = None
+        if a.outcome is Outcome.PREEMPTED and nxt is not None and reached is not None:
+            lost = max(0, reached - (nxt.resumed_from_step or 0))
+        rows.append(
+            {
+                "attempt": a.number,
+                "capacity": a.capacity.value,
+                "outcome": a.outcome.value if a.outcome else None,
+                "job_id": a.job_id,
+                "resumed_from_step": a.resumed_from_step or 0,
+                "reached_step": reached,
+                "steps_lost": lost,
+                "exit_code": a.exit_code,
+                "seconds": round(a.run_seconds(), 2),
+            }
+        )
+    return rows
+
+
+def run_demo(
+    config: DemoConfig, *, on_event: Callable[[RunnerEvent], None] | None = None, backend_cb=None
+) -> dict:
+    """Run the demo and return its JSON-able summary."""
+    workdir = config.workdir or Path(tempfile.mkdtemp(prefix="spot-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    spec = StepSpec(
+        key="demo-train",
+        command=[
+            sys.executable,
+            "-m",
+            "spot_workflows.examples.toy_train",
+            f"--steps={config.steps}",
+            f"--every={config.every}",
+            f"--seed={config.seed}",
+            f"--step-seconds={config.step_seconds}",
+        ],
+        checkpoint_uri=f"file://{(workdir / 'checkpoints' / 'demo-train').resolve()}",
+    )
+    policy = SpotPolicy(preemption_budget=config.preemption_budget, capacity_timeout_s=60)
+    market = ScheduledMarket(reclaims=config.reclaims)
+    started = time.time()
+    with LocalBackend(
+        state_dir=workdir / "backend", market=market, notice_window_s=config.notice_window_s
+    ) as backend:
+        if backend_cb is not None:
+            backend_cb(backend)
+        runner = StepRunner(
+            spec=spec, backend=backend, policy=policy, poll_interval=0.1, on_event=on_event
+        )
+        result = runner.run()
+        rows = attempts_report(result, backend)
+        final_log = backend.log_path(result.attempts[-1].job_id).read_text()
+    final = re.findall(r'"checksum": "([0-9a-f]{64})"', final_log)
+    reference = toy_train.reference(config.steps, config.seed)
+    preempted = [r for r in rows if r["outcome"] == Outcome.PREEMPTED.value]
+    return {
+        "step_key": spec.key,
+        "checkpoint_uri": spec.checkpoint_uri,
+        "workdir": str(workdir),
+        "attempts": rows,
+        "preemptions": len(preempted),
+        "steps_lost_total": sum(r["steps_lost"] or 0 for r in preempted),
+        "escalated": result.escalated,
+        "final_capacity": rows[-1]["capacity"],
+        "final_checksum": final[-1] if final else None,
+        "reference_checksum": reference,
+        "checksums_match": bool(final) and final[-1] == reference,
+        "wall_seconds": round(time.time() - started, 2),
+    }

@@ -1,0 +1,121 @@
+"""A real, deterministic, CPU-only training script that checkpoints through the Checkpointer.
+
+Least-squares regression of a fixed random teacher, trained with SGD + momentum in pure Python.
+Every minibatch is derived from (seed, step), so a run resumed from any checkpoint computes exactly
+the same numbers as an uninterrupted run: the final weights are bit-identical.
+
+Run under spot-workflows (``SPOT_CHECKPOINT_URI`` set): restores the latest checkpoint, saves
+every ``--every`` steps, and on a termination notice saves at once and exits 75. Run with
+``--reference`` to train uninterrupted with no checkpoints and print the checksum.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import struct
+import sys
+import time
+
+DIM = 48
+BATCH = 64
+LR = 0.01
+MOMENTUM = 0.9
+
+
+def _teacher(seed: int) -> list[float]:
+    rng = random.Random(seed)
+    return [rng.uniform(-1, 1) for _ in range(DIM)]
+
+
+def _batch(seed: int, step: int, teacher: list[float]) -> list[tuple[list[float], float]]:
+    rng = random.Random(seed * 1_000_003 + step)
+    out = []
+    for _ in range(BATCH):
+        x = [rng.gauss(0.0, 1.0) for _ in range(DIM)]
+        y = sum(a * b for a, b in zip(x, teacher, strict=True)) + rng.gauss(0.0, 0.01)
+        out.append((x, y))
+    return out
+
+
+def train_step(state: dict, seed: int, teacher: list[float]) -> None:
+    """One SGD+momentum step, in place. ``state``: step, w, v."""
+    w, v = state["w"], state["v"]
+    grad = [0.0] * DIM
+    for x, y in _batch(seed, state["step"], teacher):
+        err = sum(a * b for a, b in zip(x, w, strict=True)) - y
+        for i in range(DIM):
+            grad[i] += err * x[i]
+    for i in range(DIM):
+        v[i] = MOMENTUM * v[i] + grad[i] / BATCH
+        w[i] -= LR * v[i]
+    state["step"] += 1
+
+
+def pack(state: dict) -> bytes:
+    return struct.pack(f"<q{DIM}d{DIM}d", state["step"], *state["w"], *state["v"])
+
+
+def unpack(blob: bytes) -> dict:
+    values = struct.unpack(f"<q{DIM}d{DIM}d", blob)
+    return {"step": values[0], "w": list(values[1 : DIM + 1]), "v": list(values[DIM + 1 :])}
+
+
+def checksum(state: dict) -> str:
+    return hashlib.sha256(pack(state)).hexdigest()
+
+
+def fresh_state() -> dict:
+    return {"step": 0, "w": [0.0] * DIM, "v": [0.0] * DIM}
+
+
+def reference(steps: int, seed: int) -> str:
+    """Checksum of an uninterrupted run (no checkpoints, no notices)."""
+    teacher = _teacher(seed)
+    state = fresh_state()
+    while state["step"] < steps:
+        train_step(state, seed, teacher)
+    return checksum(state)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--every", type=int, default=50, help="checkpoint every N steps")
+    ap.add_argument("--step-seconds", type=float, default=0.0, help="extra pause per step")
+    ap.add_argument("--reference", action="store_true")
+    args = ap.parse_args(argv)
+    if args.reference:
+        print(json.dumps({"checksum": reference(args.steps, args.seed)}))
+        return 0
+
+    from spot_workflows.runtime.checkpoint import Checkpointer
+
+    ckpt = Checkpointer.from_env(every_steps=args.every)
+    teacher = _teacher(args.seed)
+    restored = ckpt.restore()
+    state = unpack(restored.read("state.bin")) if restored else fresh_state()
+    print(f"RESUME {state['step']}" if restored else "START 0", flush=True)
+    while state["step"] < args.steps:
+        train_step(state, args.seed, teacher)
+        step = state["step"]
+        print(f"STEP {step}", flush=True)
+        files = {"state.bin": pack(state)}
+        progress = step / args.steps
+        if ckpt.stop_requested:
+            report = ckpt.emergency_save(step, files, progress=progress)
+            print(f"EMERGENCY {step} met_deadline={report.met_deadline}", flush=True)
+            ckpt.exit_preempted()
+        if ckpt.should_save(step) or step == args.steps:
+            ckpt.save(step, files, progress=progress)
+        if args.step_seconds:
+            time.sleep(args.step_seconds)
+    print(json.dumps({"checksum": checksum(state), "step": state["step"]}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,339 @@
+"""Checkpointer: resume, save cadence and emergency save, used inside the worker process.
+
+The orchestrator sets the DESIGN §4 contract variables (``SPOT_CHECKPOINT_URI``, ``SPOT_STEP_KEY``,
+``SPOT_ATTEMPT``, ``SPOT_CAPACITY``, ``SPOT_NOTICE_SOURCE``); the ``spot-run`` wrapper also sets
+``SPOT_NOTICE_FILE``, where it writes the :class:`TerminationNotice` JSON just before it sends the
+child SIGTERM. A training loop restores, saves on cadence, and on a stop request saves once more
+and exits with :data:`RESERVED_EXIT_CODE` (75) so the attempt is classified PREEMPTED.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
+
+from pydantic import BaseModel, ValidationError
+
+from spot_workflows.core.outcomes import (
+    RESERVED_EXIT_CODE,
+    Capacity,
+    NoticeKind,
+    TerminationNotice,
+)
+from spot_workflows.errors import ConfigError
+from spot_workflows.runtime.store import CheckpointStore, Manifest
+
+log = logging.getLogger("spot_workflows.checkpoint")
+
+RESERVED_METADATA_KEYS = frozenset({"attempt", "capacity", "emergency", "step_key"})
+"""Keys the Checkpointer writes into every manifest's metadata; user metadata may not use them."""
+
+
+@dataclass(frozen=True)
+class Restored:
+    """The checkpoint a run resumes from."""
+
+    step: int
+    manifest: Manifest
+    store: CheckpointStore
+
+    def read(self, name: str) -> bytes:
+        """Contents of one file of the checkpoint, checksum-verified."""
+        return self.store.read_file(self.manifest, name)
+
+    def restore_to(self, directory: str | os.PathLike[str]) -> Path:
+        """Copy every file of the checkpoint into a local directory, checksum-verified."""
+        return self.store.restore_to(self.manifest, directory)
+
+    @property
+    def progress(self) -> float | None:
+        return self.manifest.progress
+
+
+class EmergencySaveReport(BaseModel):
+    """How the save after a termination notice went; written to the store when it went badly."""
+
+    step: int
+    started_at: float
+    finished_at: float
+    deadline: float | None
+    met_deadline: bool | None
+    error: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.met_deadline is not False
+
+
+class Checkpointer:
+    """Cadence, resume and emergency save on top of a :class:`CheckpointStore`."""
+
+    def __init__(
+        self,
+        store: CheckpointStore,
+        *,
+        every_steps: int | None = None,
+        every_seconds: float | None = None,
+        handle_signals: bool = True,
+        notice_file: str | None = None,
+        attempt: int | None = None,
+        capacity: Capacity | str | None = None,
+        step_key: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        if every_steps is not None and (isinstance(every_steps, bool) or every_steps < 1):
+            raise ConfigError(f"every_steps must be an integer >= 1 or None, got {every_steps!r}")
+        self.store = store
+        self.every_steps = every_steps
+        self.every_seconds: float | None = None
+        self.set_interval(every_seconds)
+        self.notice_file = notice_file
+        self.attempt = attempt
+        if capacity is not None and capacity not in set(Capacity):
+            raise ConfigError(f"capacity must be SPOT or ON_DEMAND, got {capacity!r}")
+        self.capacity = Capacity(capacity) if capacity is not None else None
+        self.step_key = step_key
+        self._clock = clock
+        self._wall = wall_clock
+        self._last_step = 0
+        self._last_save_at = clock()
+        self._last_save_seconds: float | None = None
+        self._stop = threading.Event()
+        self._notice: TerminationNotice | None = None
+        self._previous_handler: Any = None
+        self._installed = False
+        if handle_signals:
+            self._install_handler()
+
+    @classmethod
+    def from_env(
+        cls,
+        *,
+        keep_last: int = 3,
+        storage_options: dict[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+        **kw: Any,
+    ) -> Checkpointer:
+        """Build from the orchestrator's SPOT_* variables; ``kw`` goes to the constructor."""
+        env = os.environ if environ is None else environ
+        uri = env.get("SPOT_CHECKPOINT_URI")
+        if not uri:
+            raise ConfigError(
+                "SPOT_CHECKPOINT_URI is not set: run this script through spot-workflows (or "
+                "spot-run), or set SPOT_CHECKPOINT_URI yourself, e.g. "
+                "SPOT_CHECKPOINT_URI=file:///tmp/ckpt/my-step"
+            )
+        attempt_raw = env.get("SPOT_ATTEMPT")
+        try:
+            attempt = int(attempt_raw) if attempt_raw else None
+        except ValueError:
+            raise ConfigError(f"SPOT_ATTEMPT must be an integer, got {attempt_raw!r}") from None
+        capacity_raw = env.get("SPOT_CAPACITY") or None
+        if capacity_raw is not None and capacity_raw not in Capacity.__members__:
+            raise ConfigError(f"SPOT_CAPACITY must be SPOT or ON_DEMAND, got {capacity_raw!r}")
+        kw.setdefault("attempt", attempt)
+        kw.setdefault("capacity", capacity_raw)
+        kw.setdefault("step_key", env.get("SPOT_STEP_KEY") or None)
+        kw.setdefault("notice_file", env.get("SPOT_NOTICE_FILE") or None)
+        store = CheckpointStore(uri, keep_last=keep_last, storage_options=storage_options)
+        return cls(store, **kw)
+
+    # -- signals -------------------------------------------------------------------------------
+
+    def _install_handler(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            log.warning(
+                "Checkpointer created outside the main thread: SIGTERM handler not installed; "
+                "call request_stop() from your own handler instead"
+            )
+            return
+        self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+        self._installed = True
+
+    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        self._stop.set()  # nothing else here: a signal handler must not do I/O or take locks
+
+    def close(self) -> None:
+        """Put back the SIGTERM handler that was there before this Checkpointer."""
+        if self._installed:
+            signal.signal(signal.SIGTERM, self._previous_handler or signal.SIG_DFL)
+            self._installed = False
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- cadence -------------------------------------------------------------------------------
+
+    def set_interval(self, seconds: float | None) -> None:
+        """Change the time-based cadence (None disables it); for adaptive cadence policies."""
+        if seconds is not None and (isinstance(seconds, bool) or not seconds > 0):
+            raise ConfigError(f"checkpoint interval must be > 0 seconds or None, got {seconds!r}")
+        self.every_seconds = None if seconds is None else float(seconds)
+
+    def should_save(self, step: int) -> bool:
+        """True when ``every_steps`` steps or ``every_seconds`` seconds passed since the last save."""
+        if self.every_steps is not None and step - self._last_step >= self.every_steps:
+            return True
+        return (
+            self.every_seconds is not None
+            and self._clock() - self._last_save_at >= self.every_seconds
+        )
+
+    @property
+    def last_save_seconds(self) -> float | None:
+        """How long the last successful save took (feeds interval policies such as Young/Daly)."""
+        return self._last_save_seconds
+
+    # -- resume and save -----------------------------------------------------------------------
+
+    def restore(self) -> Restored | None:
+        """The newest valid checkpoint, or None when the step starts from scratch."""
+        manifest = self.store.latest()
+        if manifest is None:
+            log.info("no checkpoint in %s: starting from scratch", self.store.uri)
+            return None
+        self._last_step = manifest.step
+        self._last_save_at = self._clock()
+        log.info("resuming from checkpoint step %d in %s", manifest.step, self.store.uri)
+        return Restored(step=manifest.step, manifest=manifest, store=self.store)
+
+    def _metadata(self, metadata: dict[str, Any] | None, *, emergency: bool) -> dict[str, Any]:
+        clash = RESERVED_METADATA_KEYS & set(metadata or {})
+        if clash:
+            raise ConfigError(f"metadata keys {sorted(clash)} are reserved by spot-workflows")
+        return {
+            **(metadata or {}),
+            "attempt": self.attempt,
+            "capacity": self.capacity.value if self.capacity else None,
+            "step_key": self.step_key,
+            "emergency": emergency,
+        }
+
+    def _save(
+        self,
+        step: int,
+        files: Mapping[str, bytes | os.PathLike[str]],
+        progress: float | None,
+        metadata: dict[str, Any] | None,
+        *,
+        emergency: bool,
+    ) -> Manifest:
+        started = self._clock()
+        manifest = self.store.save(
+            step, files, progress=progress, metadata=self._metadata(metadata, emergency=emergency)
+        )
+        self._last_save_at = self._clock()
+        self._last_save_seconds = self._last_save_at - started
+        self._last_step = step
+        return manifest
+
+    def save(
+        self,
+        step: int,
+        files: Mapping[str, bytes | os.PathLike[str]],
+        *,
+        progress: float | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Manifest:
+        """Save a regular checkpoint (see :meth:`CheckpointStore.save`)."""
+        return self._save(step, files, progress, metadata, emergency=False)
+
+    # -- stop and emergency save ---------------------------------------------------------------
+
+    @property
+    def stop_requested(self) -> bool:
+        """True once SIGTERM arrived (when handling signals) or :meth:`request_stop` was called."""
+        return self._stop.is_set()
+
+    def request_stop(self, notice: TerminationNotice | None = None) -> None:
+        """Ask the loop to stop (e.g. from a notice watcher thread); keeps the notice's deadline."""
+        if notice is not None:
+            self._notice = notice
+        self._stop.set()
+
+    @property
+    def notice(self) -> TerminationNotice | None:
+        """The notice given to request_stop(), else the one spot-run wrote to SPOT_NOTICE_FILE."""
+        if self._notice is not None or not self.notice_file:
+            return self._notice
+        try:
+            raw = Path(self.notice_file).read_text()
+        except OSError:
+            return None
+        try:
+            self._notice = TerminationNotice.model_validate_json(raw)
+        except ValidationError as exc:
+            log.warning("ignoring unreadable notice file %s: %s", self.notice_file, exc)
+        return self._notice
+
+    def emergency_save(
+        self,
+        step: int,
+        files: Mapping[str, bytes | os.PathLike[str]],
+        *,
+        progress: float | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> EmergencySaveReport:
+        """Save after a stop request, timing it against the notice deadline; never raises.
+
+        When the save fails or finishes after the deadline, the report is logged as an ERROR and
+        also written (best-effort) to ``emergency-<step>.json`` in the store.
+        """
+        notice = self.notice
+        deadline = None
+        if notice is not None and notice.deadline is not None:
+            when = notice.deadline
+            deadline = (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+        started = self._wall()
+        error = None
+        try:
+            self._save(step, files, progress, metadata, emergency=True)
+        except Exception as exc:  # the report must carry any failure, whatever it is
+            error = f"{type(exc).__name__}: {exc}"
+        finished = self._wall()
+        report = EmergencySaveReport(
+            step=step,
+            started_at=started,
+            finished_at=finished,
+            deadline=deadline,
+            met_deadline=None if deadline is None else finished <= deadline,
+            error=error,
+        )
+        if report.ok:
+            log.info("emergency checkpoint step %d saved in %.2fs", step, finished - started)
+            return report
+        what = error or f"finished {finished - (deadline or finished):.2f}s after the deadline"
+        kind = notice.kind if notice else NoticeKind.SIGTERM
+        log.error(
+            "emergency checkpoint step %d (%s) went wrong: %s; report in %s/emergency-%d.json",
+            step,
+            kind,
+            what,
+            self.store.uri,
+            step,
+        )
+        try:
+            self.store.write_atomic(f"emergency-{step}.json", report.model_dump_json().encode())
+        except Exception as exc:  # best-effort: the ERROR log above already carries the report
+            log.error("could not write emergency report for step %d: %s", step, exc)
+        return report
+
+    def exit_preempted(self) -> NoReturn:
+        """Exit with the reserved code (75) so the attempt counts as PREEMPTED, not an error."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.exit(RESERVED_EXIT_CODE)
