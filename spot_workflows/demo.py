@@ -53,6 +53,8 @@ def attempts_report(result: RunResult, backend: LocalBackend) -> list[dict]:
     attempts: list[Attempt] = result.attempts
     for i, a in enumerate(attempts):
         reached = last_step_in_log(backend.log_path(a.job_id)) if a.job_id else None
+        if reached is None and a.started_at is not None:
+            reached = a.resumed_from_step or 0  # reclaimed before its first step
         nxt = attempts[i + 1] if i + 1 < len(attempts) else None
         lost = None
         if a.outcome is Outcome.PREEMPTED and nxt is not None and reached is not None:

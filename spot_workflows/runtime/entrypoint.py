@@ -44,11 +44,9 @@ def _say(message: str) -> None:
 def _parse_signal(value: str) -> signal.Signals:
     name = value.strip().upper()
     try:
-        return (
-            signal.Signals(int(name))
-            if name.isdigit()
-            else signal.Signals[name if name.startswith("SIG") else f"SIG{name}"]
-        )
+        if name.isdigit():
+            return signal.Signals(int(name))
+        return signal.Signals[name if name.startswith("SIG") else f"SIG{name}"]
     except (KeyError, ValueError):
         raise argparse.ArgumentTypeError(
             f"unknown signal {value!r} (e.g. TERM, INT, USR1)"
@@ -81,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--signal",
         dest="forward_signal",
+        metavar="SIG",
         type=_parse_signal,
         default=signal.SIGTERM,
         help="signal sent to CMD on a notice (default TERM)",
@@ -88,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--grace",
         type=_positive,
+        metavar="SECONDS",
         default=None,
         help="seconds CMD gets after a notice before SIGKILL "
         f"(default: until the notice's deadline, or {DEFAULT_GRACE_S:g} s without one)",
@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--poll",
         type=_positive,
+        metavar="SECONDS",
         default=None,
         help="seconds between metadata polls (default: $SPOT_NOTICE_POLL_S or 5, AWS's advice)",
     )
