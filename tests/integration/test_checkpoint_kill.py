@@ -89,7 +89,6 @@ def test_sigkill_during_saves_never_breaks_latest(tmp_path: Path, keep_last: int
     uri = f"file://{tmp_path}/ckpt"
     store = CheckpointStore(uri)
     previous = -1
-    started = time.monotonic()
     for _ in range(8):
         proc = subprocess.Popen(
             [sys.executable, str(script), uri, str(weights), str(keep_last)],
@@ -108,7 +107,6 @@ def test_sigkill_during_saves_never_breaks_latest(tmp_path: Path, keep_last: int
         assert step >= previous  # never goes backwards
         previous = step
     assert previous >= 0, "no save completed: raise the kill delays"
-    assert time.monotonic() - started < 10
 
 
 def test_sigterm_makes_the_worker_emergency_save_and_exit_75(tmp_path: Path) -> None:
