@@ -92,7 +92,11 @@ def demo(as_json: bool, workdir: Path | None, steps: int) -> None:
         + ("[bold green]bit-identical[/]" if ok else "[bold red]MISMATCH[/]")
         + f"  ({summary['preemptions']} preemptions, {summary['steps_lost_total']} steps lost, "
         f"escalated={summary['escalated']}, {summary['wall_seconds']} s)\n"
-        f"checkpoints and logs: {summary['workdir']}"
+        f"checkpoints and logs: {summary['workdir']}\n"
+        f"cost (simulated V100 prices): ${summary['cost']['total_usd']:.4f} vs "
+        f"${summary['cost']['on_demand_equivalent_usd']:.4f} on-demand, savings "
+        f"{summary['cost']['savings_pct']}%  "
+        f"(spot-workflows report {summary['checkpoint_uri']} --html report.html)"
     )
     sys.exit(0 if ok else 1)
 
@@ -112,6 +116,69 @@ def _print_attempts(summary: dict) -> None:
             f"{r['seconds']:.1f}",
         )
     Console().print(table)
+
+
+@main.command()
+@click.argument("checkpoint_uris", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--html", "html_path", type=click.Path(path_type=Path), help="Write an HTML report.")
+@click.option("--prices", type=click.Path(exists=True, path_type=Path), help="Price override file.")
+def report(checkpoint_uris: tuple[str, ...], as_json: bool, html_path: Path | None, prices) -> None:
+    """Cost, savings and interruptions of steps, from their ledgers.
+
+    Each CHECKPOINT_URI is a step's checkpoint URI, or a prefix holding several steps.
+    """
+    from spot_workflows.pricing import load_catalog
+    from spot_workflows.report import run_report
+    from spot_workflows.report_html import render_html
+
+    rep = _guard(lambda: run_report(checkpoint_uris, load_catalog(prices)))
+    if html_path is not None:
+        html_path.write_text(render_html(rep))
+        console.print(f"wrote {html_path}")
+    if as_json:
+        click.echo(rep.model_dump_json(indent=2))
+        return
+    _print_report(rep)
+
+
+def _print_report(rep) -> None:
+    out = Console()
+    table = Table(title=f"cost report (prices: catalog {rep.catalog_snapshot})")
+    for col in (
+        "step",
+        "attempts",
+        "reclaims",
+        "spent",
+        "on-demand equiv.",
+        "savings",
+        "GPU-h",
+        "GPU-h lost",
+        "wait s",
+    ):
+        table.add_column(col, justify="left" if col == "step" else "right")
+    for s in rep.steps:
+        c = s.cost
+        table.add_row(
+            s.step_key,
+            str(len(c.attempts)),
+            str(c.reclaims),
+            f"${c.total_usd:,.4f}",
+            f"${c.on_demand_equivalent_usd:,.4f}",
+            "n/a" if c.savings_pct is None else f"{c.savings_pct:.1f}%",
+            f"{c.gpu_hours:,.4f}",
+            f"{c.gpu_hours_lost:,.4f}",
+            f"{c.capacity_wait_hours * 3600:,.0f}",
+        )
+    out.print(table)
+    savings = "n/a" if rep.savings_pct is None else f"{rep.savings_pct:.1f}%"
+    out.print(
+        f"total ${rep.total_usd:,.4f} vs ${rep.on_demand_equivalent_usd:,.4f} on-demand "
+        f"(savings {savings}); reclaims by zone {rep.reclaims_by_zone or '{}'}; "
+        f"by instance type {rep.reclaims_by_instance_type or '{}'}"
+    )
+    for u in rep.unpriced:
+        out.print(f"[yellow]unpriced (not counted):[/] {u}")
 
 
 @main.command("ledger")

@@ -19,8 +19,11 @@ from pathlib import Path
 from spot_workflows.backends.local import LocalBackend
 from spot_workflows.backends.local_market import ScheduledMarket
 from spot_workflows.config import SpotPolicy, StepSpec
+from spot_workflows.core.cost import step_cost
 from spot_workflows.core.outcomes import Attempt, Outcome
 from spot_workflows.examples import toy_train
+from spot_workflows.pricing import load_catalog
+from spot_workflows.report import summary
 from spot_workflows.runner import RunnerEvent, RunResult, StepRunner
 
 _STEP = re.compile(rb"^(?:STEP|RESUME|START|EMERGENCY) (\d+)", re.M)
@@ -111,6 +114,7 @@ def run_demo(
     final = re.findall(r'"checksum": "([0-9a-f]{64})"', final_log)
     reference = toy_train.reference(config.steps, config.seed)
     preempted = [r for r in rows if r["outcome"] == Outcome.PREEMPTED.value]
+    cost = step_cost(spec.key, result.attempts, load_catalog(), now=time.time())
     return {
         "step_key": spec.key,
         "checkpoint_uri": spec.checkpoint_uri,
@@ -124,4 +128,5 @@ def run_demo(
         "reference_checksum": reference,
         "checksums_match": bool(final) and final[-1] == reference,
         "wall_seconds": round(time.time() - started, 2),
+        "cost": summary(cost),
     }

@@ -133,6 +133,8 @@ class StepRunner:
             return
         before = live.state
         live = self.ledger.observe(live, obs)
+        if live.state is AttemptState.DONE and before is not AttemptState.DONE:
+            live = self._record_last_checkpoint(live)
         if before is not AttemptState.RUNNING and live.state is AttemptState.RUNNING:
             self._emit("started", live, f"attempt {live.number} running on {live.capacity.value}")
         if live.state is AttemptState.DONE and live.outcome is not None:
@@ -165,6 +167,21 @@ class StepRunner:
             self._emit(_OUTCOME_EVENTS[decision.outcome], live, decision.reason)
         elif decision.action is Action.FAIL:
             self._emit("failed", None, decision.reason)
+
+    def _record_last_checkpoint(self, attempt: Attempt) -> Attempt:
+        """Note the newest durable checkpoint at the attempt's end (for lost-work accounting)."""
+        latest = self.store.latest()
+        if latest is None:
+            return attempt
+        return self.ledger.update(
+            attempt.model_copy(
+                update={
+                    "last_checkpoint_step": latest.step,
+                    "last_checkpoint_at": latest.created_at,
+                    "progress_end": latest.progress,
+                }
+            )
+        )
 
     def _submit_recorded(self, attempt: Attempt) -> None:
         job_id = self.backend.submit(

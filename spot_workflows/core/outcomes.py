@@ -81,6 +81,8 @@ class Attempt(BaseModel):
     resumed_from_step: int | None = None
     progress_start: float | None = None  # checkpoint progress fraction when the attempt began
     progress_end: float | None = None
+    last_checkpoint_step: int | None = None  # newest durable checkpoint when the attempt ended
+    last_checkpoint_at: float | None = None  # its creation time (epoch seconds)
     cost_usd: float | None = None
 
     @property

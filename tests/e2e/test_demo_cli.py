@@ -25,5 +25,8 @@ def test_demo_json(tmp_path):
     assert attempts[-1]["capacity"] == "ON_DEMAND" and attempts[-1]["outcome"] == "SUCCEEDED"
     assert out["escalated"] is True
     assert out["final_checksum"] == out["reference_checksum"]
+    cost = out["cost"]
+    assert cost["reclaims"] == 2 and cost["unpriced"] == []
+    assert 0 < cost["total_usd"] < cost["on_demand_equivalent_usd"]
     for a in attempts:
         assert {"capacity", "outcome", "resumed_from_step", "steps_lost"} <= a.keys()
