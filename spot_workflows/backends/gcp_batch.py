@@ -1,0 +1,335 @@
+"""GCP Batch backend: one Batch job per attempt, SPOT or STANDARD provisioning.
+
+Facts it relies on (DESIGN §5): ``ProvisioningModel`` STANDARD=1, SPOT=2; ``maxRetryCount`` 0..10
+with one lifecycle policy; reserved exit codes 50000-50006 (50001 = spot preemption, 50005 = max
+run duration exceeded); a preemption status event reads ``... due to Spot Preemption with exit code
+50001.``. Jobs live under the regional parent ``projects/P/locations/R``.
+
+Job ids are derived from the ledger's job name (unique per attempt), so a re-run never collides
+with an earlier attempt; a 409 ``AlreadyExists`` on create can only mean our own earlier submit of
+*this* attempt went through (e.g. the reply was lost), and that job is adopted.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import timedelta
+
+from google.api_core import exceptions as gexc
+from google.cloud import batch_v1
+
+from spot_workflows.backends.base import attempt_env
+from spot_workflows.backends.gcp_errors import call, translate
+from spot_workflows.backends.gcp_status import (
+    LABEL_ATTEMPT,
+    LABEL_CAPACITY,
+    LABEL_MANAGED,
+    LABEL_STEP,
+    PREEMPTION_EXIT_CODE,
+    PROVISIONING,
+    gcp_job_id,
+    gcp_label_value,
+    labels_step,
+    observe_job,
+)
+from spot_workflows.config import StepSpec
+from spot_workflows.core.outcomes import Capacity, Observation
+from spot_workflows.errors import BackendError, ConfigError
+
+_LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+_REGION = re.compile(r"^[a-z]+(?:-[a-z]+)+\d+$")
+_TOPIC = re.compile(r"^projects/[^/]+/topics/[^/]+$")
+_GPU_MACHINES = ("a2-", "a3-", "a4-", "g2-", "g4-")  # accelerator-optimized: GPUs are implied
+
+
+class GcpBatchBackend:
+    """Backend over the GCP Batch API (``google-cloud-batch``; extra ``gcp``).
+
+    ``client``: a ``batch_v1.BatchServiceClient`` (default: one built from Application Default
+    Credentials). ``machine_type`` defaults to the step's single ``instance_types`` entry, else
+    Batch picks one from vCPUs and memory. ``accelerator_type`` (e.g. ``nvidia-l4``) with
+    ``accelerator_count`` (default: the step's ``gpus``). ``zones`` restrict placement within
+    ``region``. ``in_place_retries`` > 0 lets Batch itself retry a task on exit code 50001 (one
+    ``RETRY_TASK`` lifecycle policy; note Batch then also retries other failures up to that count).
+    """
+
+    name = "gcp-batch"
+
+    def __init__(
+        self,
+        *,
+        project: str,
+        region: str,
+        client: batch_v1.BatchServiceClient | None = None,
+        machine_type: str | None = None,
+        accelerator_type: str | None = None,
+        accelerator_count: int | None = None,
+        zones: Sequence[str] = (),
+        install_gpu_drivers: bool | None = None,
+        in_place_retries: int = 0,
+        service_account: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        notification_topic: str | None = None,
+        rpc_timeout_s: float = 30.0,
+        tries: int = 4,
+        backoff_s: float = 0.5,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not project or "/" in project:
+            raise ConfigError(f"project must be a GCP project id like 'my-proj', got {project!r}")
+        if not _REGION.match(region or ""):
+            raise ConfigError(f"region must be a GCP region like 'us-central1', got {region!r}")
+        for zone in zones:
+            if not zone.startswith(f"{region}-"):
+                raise ConfigError(f"zone {zone!r} is not in region {region!r} (e.g. {region}-a)")
+        if not 0 <= in_place_retries <= 10:
+            raise ConfigError(
+                f"in_place_retries must be 0..10 (maxRetryCount), not {in_place_retries}"
+            )
+        if accelerator_count is not None and accelerator_count < 1:
+            raise ConfigError(f"accelerator_count must be >= 1, got {accelerator_count}")
+        if notification_topic and not _TOPIC.match(notification_topic):
+            raise ConfigError("notification_topic must look like projects/PROJECT/topics/TOPIC")
+        for key, value in (labels or {}).items():
+            if not _LABEL_KEY.match(key) or gcp_label_value(value) != value:
+                raise ConfigError(
+                    f"label {key}={value!r} breaks GCP label rules: keys start with a lowercase "
+                    "letter; keys and values use <= 63 of a-z, 0-9, '_' and '-'"
+                )
+        self.project, self.region = project, region
+        self.machine_type, self.accelerator_type = machine_type, accelerator_type
+        self.accelerator_count, self.zones = accelerator_count, tuple(zones)
+        self.install_gpu_drivers, self.in_place_retries = install_gpu_drivers, in_place_retries
+        self.service_account, self.labels = service_account, dict(labels or {})
+        self.notification_topic = notification_topic
+        self.rpc_timeout_s, self.tries = rpc_timeout_s, tries
+        self.backoff_s, self.sleep = backoff_s, sleep
+        if client is None:
+            try:
+                client = batch_v1.BatchServiceClient()
+            except Exception as exc:  # DefaultCredentialsError and friends
+                raise translate(exc, what=f"create a GCP Batch client for {self.parent}") from exc
+        self.client = client
+
+    @property
+    def parent(self) -> str:
+        return f"projects/{self.project}/locations/{self.region}"
+
+    def job_path(self, job_id_or_name: str) -> str:
+        if job_id_or_name.startswith("projects/"):
+            return job_id_or_name
+        return f"{self.parent}/jobs/{job_id_or_name}"
+
+    def _call(self, fn: Callable, *, what: str, passthrough: tuple = ()):  # type: ignore[type-arg]
+        return call(
+            fn,
+            what=what,
+            tries=self.tries,
+            backoff_s=self.backoff_s,
+            sleep=self.sleep,
+            passthrough=passthrough,
+        )
+
+    # -- building the job --------------------------------------------------------------------
+    def build_job(
+        self, spec: StepSpec, *, job_name: str, attempt: int, capacity: Capacity
+    ) -> batch_v1.Job:
+        """The ``batch_v1.Job`` for one attempt (pure: no API call)."""
+        if not spec.image:
+            raise ConfigError(
+                f"step {spec.key!r} has no image: GCP Batch runs containers, set StepSpec.image "
+                "(e.g. us-docker.pkg.dev/PROJECT/REPO/train:1)"
+            )
+        machine_type = self.machine_type
+        if machine_type is None and len(spec.instance_types) > 1:
+            raise ConfigError(
+                f"GCP Batch takes one machine type per job; step {spec.key!r} lists "
+                f"{spec.instance_types}: pass machine_type= or keep one instance type"
+            )
+        if machine_type is None and spec.instance_types:
+            machine_type = spec.instance_types[0]
+        gpu_count = self.accelerator_count or spec.gpus
+        accelerators = []
+        if self.accelerator_type:
+            accelerators.append(
+                batch_v1.AllocationPolicy.Accelerator(
+                    type_=self.accelerator_type, count=max(1, gpu_count)
+                )
+            )
+        elif spec.gpus and not (machine_type or "").startswith(_GPU_MACHINES):
+            raise ConfigError(
+                f"step {spec.key!r} asks for {spec.gpus} GPU(s): set accelerator_type= (e.g. "
+                "nvidia-l4, nvidia-tesla-t4) or an accelerator-optimized machine_type (a2-, a3-, g2-)"
+            )
+        drivers = self.install_gpu_drivers
+        if drivers is None:
+            drivers = bool(accelerators) or bool(spec.gpus)
+        extra = {"SPOT_NOTICE_SOURCE": "gcp"} if spec.notice_source == "auto" else None
+        env = attempt_env(spec, attempt=attempt, capacity=capacity, extra=extra)
+        task = batch_v1.TaskSpec(
+            runnables=[
+                batch_v1.Runnable(
+                    container=batch_v1.Runnable.Container(
+                        image_uri=spec.image,
+                        entrypoint=spec.command[0],
+                        commands=list(spec.command[1:]),
+                    )
+                )
+            ],
+            compute_resource=batch_v1.ComputeResource(
+                cpu_milli=int(round(spec.vcpus * 1000)), memory_mib=spec.memory_mib
+            ),
+            environment=batch_v1.Environment(variables=env),
+            max_retry_count=self.in_place_retries,
+        )
+        if self.in_place_retries:
+            task.lifecycle_policies = [
+                batch_v1.LifecyclePolicy(
+                    action=batch_v1.LifecyclePolicy.Action.RETRY_TASK,
+                    action_condition=batch_v1.LifecyclePolicy.ActionCondition(
+                        exit_codes=[PREEMPTION_EXIT_CODE]
+                    ),
+                )
+            ]
+        if spec.timeout_s:
+            task.max_run_duration = timedelta(seconds=math.ceil(spec.timeout_s))
+        labels = {
+            **self.labels,
+            LABEL_STEP: gcp_label_value(spec.key),
+            LABEL_ATTEMPT: str(attempt),
+            LABEL_CAPACITY: capacity.value.lower(),
+            LABEL_MANAGED: "spot-workflows",
+        }
+        policy = batch_v1.AllocationPolicy.InstancePolicy(
+            provisioning_model=PROVISIONING[capacity], accelerators=accelerators
+        )
+        if machine_type:
+            policy.machine_type = machine_type
+        allocation = batch_v1.AllocationPolicy(
+            instances=[
+                batch_v1.AllocationPolicy.InstancePolicyOrTemplate(
+                    policy=policy, install_gpu_drivers=drivers
+                )
+            ],
+            labels=labels,
+        )
+        if self.zones:
+            allocation.location = batch_v1.AllocationPolicy.LocationPolicy(
+                allowed_locations=[f"zones/{z}" for z in self.zones]
+            )
+        if self.service_account:
+            allocation.service_account = batch_v1.ServiceAccount(email=self.service_account)
+        job = batch_v1.Job(
+            task_groups=[batch_v1.TaskGroup(task_spec=task, task_count=1, parallelism=1)],
+            allocation_policy=allocation,
+            labels=labels,
+            logs_policy=batch_v1.LogsPolicy(
+                destination=batch_v1.LogsPolicy.Destination.CLOUD_LOGGING
+            ),
+        )
+        if self.notification_topic:
+            kinds = batch_v1.JobNotification.Type
+            job.notifications = [
+                batch_v1.JobNotification(
+                    pubsub_topic=self.notification_topic,
+                    message=batch_v1.JobNotification.Message(type_=kind),
+                )
+                for kind in (kinds.JOB_STATE_CHANGED, kinds.TASK_STATE_CHANGED)
+            ]
+        return job
+
+    # -- Backend protocol --------------------------------------------------------------------
+    def submit(self, spec: StepSpec, *, job_name: str, attempt: int, capacity: Capacity) -> str:
+        job = self.build_job(spec, job_name=job_name, attempt=attempt, capacity=capacity)
+        job_id = gcp_job_id(job_name)
+        request = batch_v1.CreateJobRequest(
+            parent=self.parent,
+            job_id=job_id,
+            job=job,
+            request_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self.parent}/jobs/{job_id}")),
+        )
+        try:
+            created = self._call(
+                lambda: self.client.create_job(
+                    request=request, retry=None, timeout=self.rpc_timeout_s
+                ),
+                what=f"create job {job_id} in {self.parent}",
+                passthrough=(gexc.AlreadyExists,),
+            )
+            return created.name
+        except gexc.AlreadyExists:
+            existing = self.get_job(job_id)
+            if existing is None:
+                raise BackendError(
+                    f"GCP Batch said job {job_id} exists in {self.parent} but cannot find it; "
+                    "run the step again"
+                ) from None
+            if existing.labels.get(LABEL_STEP) != labels_step(spec.key):
+                raise BackendError(
+                    f"job {existing.name} already exists and belongs to another step "
+                    f"({existing.labels.get(LABEL_STEP)!r}); give the step its own checkpoint URI"
+                ) from None
+            return existing.name  # our own earlier submit went through: adopt it
+
+    def describe(self, job_ids: Sequence[str]) -> dict[str, Observation]:
+        out = {}
+        for job_id in job_ids:
+            job = self.get_job(job_id)
+            if job is not None:
+                out[job_id] = observe_job(job, job_id=job_id)
+        return out
+
+    def cancel(self, job_id: str, *, reason: str) -> None:
+        """Delete the job (Batch stops its VMs); a job already gone is fine."""
+        name = self.job_path(job_id)
+        try:
+            self._call(
+                lambda: self.client.delete_job(
+                    request=batch_v1.DeleteJobRequest(name=name, reason=reason[:1000]),
+                    retry=None,
+                    timeout=self.rpc_timeout_s,
+                ),
+                what=f"delete job {name}",
+                passthrough=(gexc.NotFound,),
+            )
+        except gexc.NotFound:
+            return
+
+    def find(self, job_name: str) -> str | None:
+        job = self.get_job(gcp_job_id(job_name))
+        return job.name if job is not None else None
+
+    # -- extras ------------------------------------------------------------------------------
+    def get_job(self, job_id: str) -> batch_v1.Job | None:
+        name = self.job_path(job_id)
+        try:
+            return self._call(
+                lambda: self.client.get_job(name=name, retry=None, timeout=self.rpc_timeout_s),
+                what=f"get job {name}",
+                passthrough=(gexc.NotFound,),
+            )
+        except gexc.NotFound:
+            return None
+
+    def list_jobs(self, *, step_key: str | None = None) -> Iterator[batch_v1.Job]:
+        """Jobs under the regional parent made by spot-workflows (optionally for one step)."""
+        pager = self._call(
+            lambda: self.client.list_jobs(
+                request=batch_v1.ListJobsRequest(parent=self.parent),
+                retry=None,
+                timeout=self.rpc_timeout_s,
+            ),
+            what=f"list jobs in {self.parent}",
+        )
+        try:
+            for job in pager:
+                if job.labels.get(LABEL_MANAGED) != "spot-workflows":
+                    continue
+                if step_key is None or job.labels.get(LABEL_STEP) == labels_step(step_key):
+                    yield job
+        except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
+            raise translate(exc, what=f"list jobs in {self.parent}") from exc
