@@ -218,5 +218,13 @@ def _guard(fn):
         sys.exit(2)
 
 
+def _register_subcommands() -> None:
+    from spot_workflows.cli_aws import aws
+
+    main.add_command(aws)
+
+
+_register_subcommands()
+
 if __name__ == "__main__":
     main()

@@ -62,6 +62,9 @@ _AWS_INFRA = (
     "Timeout waiting for network interface",
 )
 _AWS_TIMEOUT = ("Job attempt duration exceeded timeout",)
+# The container itself ended (its own exit, or the memory limit the step asked for): the app's
+# doing even when Batch reports no exit code (it sometimes omits it on these reasons).
+_AWS_APP = ("Essential container in task exited", "OutOfMemoryError")
 _AWS_CANCELLED = ("Terminated by user", "Cancelled by user", CANCEL_REASON_PREFIX)
 
 
@@ -110,6 +113,8 @@ def classify_aws(
         return AttemptState.DONE, Outcome.TIMEOUT
     if reason.startswith(_AWS_INFRA):
         return AttemptState.DONE, Outcome.INFRA_ERROR
+    if reason.startswith(_AWS_APP):
+        return AttemptState.DONE, Outcome.APP_ERROR
     if exit_code is None:
         # Failed without a container exit code and no known reason: the host, not the app.
         return AttemptState.DONE, Outcome.INFRA_ERROR
