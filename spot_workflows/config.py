@@ -65,12 +65,25 @@ class SpotPolicy(BaseModel):
     """Absolute cap on attempts of the step, all capacities together."""
     start_on: Capacity = Capacity.SPOT
     """Capacity of the first attempt (ON_DEMAND skips spot entirely)."""
-    strategy: str = "attempts"
-    """Escalation strategy name (see ``spot_workflows.core.escalation``)."""
+    strategy: str = "auto"
+    """Escalation strategy name (see ``spot_workflows.core.escalation``). ``auto`` is
+    ``deadline`` when ``deadline_s`` is set and ``attempts`` otherwise."""
     deadline_s: Annotated[float | None, Field(gt=0)] = None
     """Seconds from the step's first submission by which it must finish (deadline-aware strategies)."""
     budget_usd: Annotated[float | None, Field(gt=0)] = None
-    """Cap on the step's total spend in US dollars."""
+    """Cap on the step's total spend in US dollars; never exceeded (the planner stops first)."""
+    work_s: Annotated[float | None, Field(gt=0)] = None
+    """The step's total run time on one machine, in seconds (the user's estimate). With the
+    checkpoint manifest's progress it gives the work left; None: estimated from the ledger."""
+    restart_overhead_s: Annotated[float | None, Field(ge=0)] = None
+    """Seconds a new attempt spends before it makes progress (submit-to-running plus restore).
+    None: measured from the ledger, plus ``restore_s``."""
+    restore_s: Annotated[float, Field(ge=0)] = 0.0
+    """Seconds a resumed attempt needs to restore its checkpoint (added to the measured overhead)."""
+    spot_usd_per_hour: Annotated[float, Field(gt=0)] = 0.9731
+    """Hourly price of the step's SPOT capacity (budget and cost arithmetic)."""
+    on_demand_usd_per_hour: Annotated[float, Field(gt=0)] = 3.06
+    """Hourly price of the step's ON_DEMAND capacity."""
 
     @model_validator(mode="after")
     def _check(self) -> SpotPolicy:

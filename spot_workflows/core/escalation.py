@@ -3,6 +3,12 @@
 A strategy is a pure function of the step's history. It never reads the clock (``now`` is passed
 in) and never does I/O. The planner asks it once per decision; new strategies register by name
 and are selected with ``SpotPolicy.strategy``.
+
+*Live* strategies (registered with ``live=True``: the deadline-aware ones in
+``spot_workflows.core.policies``) are also asked while an attempt is live, and read the
+:class:`~spot_workflows.core.deadline.Situation` (time left, work left, slack, prices) carried by
+:class:`History`; the planner turns a change of their answer into a cancel and a new submit.
+``auto`` (the default) resolves to ``deadline`` when the policy has a deadline, else ``attempts``.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from spot_workflows.config import SpotPolicy
+from spot_workflows.core.deadline import Situation
 from spot_workflows.core.outcomes import Attempt, Capacity, Outcome
 from spot_workflows.errors import ConfigError
 
@@ -20,6 +27,8 @@ class History:
     """Counts the planner and strategies need, derived from the ledger's attempts."""
 
     attempts: Sequence[Attempt]
+    situation: Situation | None = None
+    """Deadline/budget view of the step (live strategies only; None when the work is unknown)."""
 
     def count(self, outcome: Outcome, capacity: Capacity | None = None) -> int:
         return sum(
@@ -52,22 +61,40 @@ Strategy = Callable[[History, SpotPolicy, float], Choice]
 """(history, policy, now) -> capacity of the next attempt, after a non-terminal outcome."""
 
 _REGISTRY: dict[str, Strategy] = {}
+_LIVE: set[str] = set()
+AUTO = "auto"
+DEFAULT_WITH_DEADLINE = "deadline"
+DEFAULT_WITHOUT_DEADLINE = "attempts"
 
 
-def register(name: str) -> Callable[[Strategy], Strategy]:
+def register(name: str, *, live: bool = False) -> Callable[[Strategy], Strategy]:
     def deco(fn: Strategy) -> Strategy:
         _REGISTRY[name] = fn
+        if live:
+            _LIVE.add(name)
         return fn
 
     return deco
+
+
+def resolve(policy: SpotPolicy) -> str:
+    """The strategy name a policy means: ``auto`` picks by whether a deadline is set."""
+    if policy.strategy == AUTO:
+        return DEFAULT_WITH_DEADLINE if policy.deadline_s is not None else DEFAULT_WITHOUT_DEADLINE
+    return policy.strategy
 
 
 def get_strategy(name: str) -> Strategy:
     try:
         return _REGISTRY[name]
     except KeyError:
-        known = ", ".join(sorted(_REGISTRY))
+        known = ", ".join([AUTO, *sorted(_REGISTRY)])
         raise ConfigError(f"unknown escalation strategy {name!r}; choose one of: {known}") from None
+
+
+def is_live(name: str) -> bool:
+    """Whether the strategy also decides while an attempt is live (deadline-aware)."""
+    return name in _LIVE
 
 
 def strategy_names() -> list[str]:
@@ -99,3 +126,7 @@ def attempts_based(history: History, policy: SpotPolicy, now: float) -> Choice:
     return Choice(
         Capacity.SPOT, f"resubmitting on SPOT (preemptions {preempted}/{policy.preemption_budget})"
     )
+
+
+# Registers the deadline-aware strategies (they import this module's registry).
+from spot_workflows.core import policies as _policies  # noqa: E402,F401

@@ -26,6 +26,7 @@ class Outcome(StrEnum):
     APP_ERROR = "APP_ERROR"
     TIMEOUT = "TIMEOUT"
     CANCELLED = "CANCELLED"
+    STOPPED = "STOPPED"  # stopped on purpose by the planner: switching capacity, or the budget cap
 
 
 class AttemptState(StrEnum):
@@ -119,6 +120,13 @@ class Action(StrEnum):
     FAIL = "FAIL"
 
 
+class FailCause(StrEnum):
+    """Why a FAIL decision was taken, when a specific error class fits (see ``errors``)."""
+
+    BUDGET = "BUDGET"  # -> BudgetExceededError
+    DEADLINE = "DEADLINE"  # -> DeadlineInfeasibleError
+
+
 class Decision(BaseModel):
     """What to do next. The planner returns it; the runner / operator / task carries it out."""
 
@@ -129,6 +137,7 @@ class Decision(BaseModel):
     outcome: Outcome | None = None  # with CANCEL: the outcome to record for the cancelled attempt
     reason: str = ""
     escalated: bool = False  # this decision moves the step from SPOT to ON_DEMAND
+    cause: FailCause | None = None  # with FAIL: budget or deadline, when one of them is the reason
 
     @classmethod
     def submit(cls, capacity: Capacity, reason: str, *, escalated: bool = False) -> Decision:
@@ -147,8 +156,8 @@ class Decision(BaseModel):
         return cls(action=Action.SUCCEED, reason=reason)
 
     @classmethod
-    def fail(cls, reason: str) -> Decision:
-        return cls(action=Action.FAIL, reason=reason)
+    def fail(cls, reason: str, *, cause: FailCause | None = None) -> Decision:
+        return cls(action=Action.FAIL, reason=reason, cause=cause)
 
 
 RESERVED_EXIT_CODE = 75

@@ -6,6 +6,13 @@ carry the decision out (decision separate from execution, as tenacity does).
 
 Budgets are separate: preemptions are charged to ``preemption_budget`` (then escalate), app errors
 to ``app_error_retries``, infra faults to ``infra_error_retries``; ``max_attempts`` caps them all.
+
+Deadline-aware strategies (``core.policies``) are consulted while an attempt is live too: the
+caller passes an :class:`~spot_workflows.core.deadline.Outlook` (progress, decision tick, and in
+the simulator spot availability) and the spend; the planner refuses an infeasible deadline or
+budget up front, stops a running attempt before the budget cap, and turns a strategy's change of
+capacity into CANCEL (``STOPPED`` / ``NO_CAPACITY``) followed by SUBMIT. The trace simulator
+(``spot_workflows.sim``) drives this same function.
 """
 
 from __future__ import annotations
@@ -13,8 +20,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from spot_workflows.config import SpotPolicy
-from spot_workflows.core.escalation import History, get_strategy
-from spot_workflows.core.outcomes import Attempt, AttemptState, Capacity, Decision, Outcome
+from spot_workflows.core.deadline import HOUR, Outlook, Situation, price_per_s, situation
+from spot_workflows.core.escalation import (
+    DEFAULT_WITHOUT_DEADLINE,
+    Choice,
+    History,
+    Strategy,
+    get_strategy,
+    is_live,
+    resolve,
+)
+from spot_workflows.core.outcomes import (
+    Attempt,
+    AttemptState,
+    Capacity,
+    Decision,
+    FailCause,
+    Outcome,
+)
 
 
 def describe_history(attempts: Sequence[Attempt]) -> str:
@@ -69,6 +92,10 @@ def _phrase(cap: Capacity, outcome: Outcome | None, n: int) -> str:
     return f"{cap.value} attempt {_outcome_words(outcome)}" + (f" ({times})" if n > 1 else "")
 
 
+BUDGET_TICKS = 2
+"""A running attempt is stopped when less than this many decision periods of spend are left."""
+
+
 def _capacity_timeout(policy: SpotPolicy, capacity: Capacity) -> float | None:
     if capacity is Capacity.SPOT:
         return policy.capacity_timeout_s
@@ -81,29 +108,38 @@ def decide(
     *,
     now: float,
     spent_usd: float | None = None,
+    outlook: Outlook | None = None,
 ) -> Decision:
-    """What to do next for a step whose ledger holds ``attempts`` (oldest first)."""
-    strategy = get_strategy(policy.strategy)
-    history = History(attempts)
+    """What to do next for a step whose ledger holds ``attempts`` (oldest first).
+
+    ``spent_usd``: what the step cost so far (the runner computes it from the ledger); with
+    ``SpotPolicy.budget_usd`` the planner stops a running attempt before the cap is reached.
+    ``outlook``: progress, work, restart overhead, spot availability and the decision tick, for
+    deadline-aware strategies (see :mod:`spot_workflows.core.deadline`).
+    """
+    name = resolve(policy)
+    strategy = get_strategy(name)
+    live_strategy = is_live(name)
+    sit = None
+    if live_strategy or (policy.budget_usd is not None and spent_usd is not None):
+        sit = situation(attempts, policy, now=now, spent=spent_usd, outlook=outlook)
+        if sit is not None and policy.deadline_s is None and live_strategy:
+            sit = None  # deadline strategies without a deadline: nothing to reason about
+    if live_strategy and sit is None:
+        strategy, live_strategy = get_strategy(DEFAULT_WITHOUT_DEADLINE), False
+    history = History(attempts, sit)
+    tick = outlook.tick_s if outlook is not None else 0.0
+
     if not attempts:
+        infeasible = _infeasible(policy, sit)
+        if infeasible is not None:
+            return infeasible
         choice = strategy(history, policy, now)
-        return Decision.submit(choice.capacity, choice.reason)
+        return _submit(choice, policy, sit, spent_usd, tick)
 
     last = attempts[-1]
     if last.state is not AttemptState.DONE:
-        timeout = _capacity_timeout(policy, last.capacity)
-        if (
-            last.state is AttemptState.PENDING
-            and last.job_id is not None
-            and timeout is not None
-            and now - last.submitted_at >= timeout
-        ):
-            return Decision.cancel(
-                Outcome.NO_CAPACITY,
-                f"{last.capacity.value} attempt {last.number} got no capacity in "
-                f"{now - last.submitted_at:.0f}s (capacity timeout {timeout:.0f}s)",
-            )
-        return Decision.wait(f"attempt {last.number} is {last.state.value}")
+        return _decide_live(last, history, policy, strategy, live_strategy, now, spent_usd, tick)
 
     outcome = last.outcome
     if outcome is Outcome.SUCCEEDED:
@@ -139,13 +175,124 @@ def decide(
     if policy.budget_usd is not None and spent_usd is not None and spent_usd >= policy.budget_usd:
         return Decision.fail(
             f"{summary}; spent ${spent_usd:.2f} of the ${policy.budget_usd:.2f} budget cap, "
-            "stopping before exceeding it"
+            "stopping before exceeding it",
+            cause=FailCause.BUDGET,
         )
 
+    choice = strategy(history, policy, now)
     if outcome in (Outcome.APP_ERROR, Outcome.INFRA_ERROR):
         # Not the capacity's fault: retry on the same capacity, unless the strategy has moved on.
-        choice = strategy(history, policy, now)
         capacity = Capacity.ON_DEMAND if choice.capacity is Capacity.ON_DEMAND else last.capacity
-        return Decision.submit(capacity, f"retrying after {outcome.value.lower()}: {summary}")
-    choice = strategy(history, policy, now)
+        choice = Choice(capacity, f"retrying after {outcome.value.lower()}: {summary}")
+    return _submit(choice, policy, sit, spent_usd, tick, summary=summary)
+
+
+def _decide_live(
+    live: Attempt,
+    history: History,
+    policy: SpotPolicy,
+    strategy: Strategy,
+    live_strategy: bool,
+    now: float,
+    spent_usd: float | None,
+    tick: float,
+) -> Decision:
+    if live.job_id is None:  # recorded but not yet submitted: the runner resolves it first
+        return Decision.wait(f"attempt {live.number} is being submitted")
+    running = live.state is AttemptState.RUNNING
+    if running and policy.budget_usd is not None and spent_usd is not None:
+        rate = price_per_s(policy, live.capacity)
+        if spent_usd + rate * BUDGET_TICKS * tick >= policy.budget_usd:
+            return Decision.cancel(
+                Outcome.STOPPED,
+                f"spent ${spent_usd:.2f} of the ${policy.budget_usd:.2f} budget cap; stopping "
+                f"{live.capacity.value} attempt {live.number} before it exceeds the cap",
+            )
+    wait_reason = f"attempt {live.number} is {live.state.value}"
+    if live_strategy:
+        choice = strategy(history, policy, now)
+        if choice.capacity is not live.capacity:
+            waiting_spot = live.capacity is Capacity.SPOT and not running
+            return Decision.cancel(
+                Outcome.NO_CAPACITY if waiting_spot else Outcome.STOPPED,
+                f"leaving {live.capacity.value} attempt {live.number}: {choice.reason}",
+            )
+        if live.capacity is Capacity.SPOT:  # the strategy, not the capacity timeout, decides
+            return Decision.wait(choice.reason)
+        wait_reason = choice.reason
+    timeout = _capacity_timeout(policy, live.capacity)
+    if (
+        live.state is AttemptState.PENDING
+        and timeout is not None
+        and now - live.submitted_at >= timeout
+    ):
+        return Decision.cancel(
+            Outcome.NO_CAPACITY,
+            f"{live.capacity.value} attempt {live.number} got no capacity in "
+            f"{now - live.submitted_at:.0f}s (capacity timeout {timeout:.0f}s)",
+        )
+    return Decision.wait(wait_reason)
+
+
+def _infeasible(policy: SpotPolicy, sit: Situation | None) -> Decision | None:
+    """Say up front when the deadline or the budget cannot be met whatever happens."""
+    if sit is None:
+        return None
+    hours = sit.work_s / HOUR
+    if policy.deadline_s is not None and sit.work_s + sit.overhead_s > policy.deadline_s:
+        return Decision.fail(
+            f"deadline infeasible: {hours:.2f} h of work plus a {sit.overhead_s / 60:.1f} min "
+            f"restart overhead do not fit in the {policy.deadline_s / HOUR:.2f} h deadline even "
+            "on ON_DEMAND; extend the deadline or shorten the step",
+            cause=FailCause.DEADLINE,
+        )
+    cheapest = sit.work_s * min(sit.spot_usd_per_s, sit.on_demand_usd_per_s)
+    if policy.budget_usd is not None and cheapest > policy.budget_usd:
+        return Decision.fail(
+            f"budget infeasible: {hours:.2f} h of work costs at least ${cheapest:.2f} even on "
+            f"SPOT, above the ${policy.budget_usd:.2f} budget cap; raise the cap",
+            cause=FailCause.BUDGET,
+        )
+    return None
+
+
+def _submit(
+    choice: Choice,
+    policy: SpotPolicy,
+    sit: Situation | None,
+    spent_usd: float | None,
+    tick: float,
+    *,
+    summary: str | None = None,
+) -> Decision:
+    """Submit the strategy's choice, unless the budget cap cannot pay for it."""
+    cap = policy.budget_usd
+    if cap is None or spent_usd is None:
+        return Decision.submit(choice.capacity, choice.reason, escalated=choice.escalated)
+    left = cap - spent_usd
+    story = f"{summary}; " if summary else ""
+    if sit is not None:
+        cheapest = min(sit.spot_usd_per_s, sit.on_demand_usd_per_s)
+        need = sit.work_left_s * cheapest
+        if need > left:
+            return Decision.fail(
+                f"{story}the work left ({sit.work_left_s / HOUR:.2f} h) costs at least "
+                f"${need:.2f} but only ${left:.2f} of the ${cap:.2f} budget cap is left; stopping "
+                "before exceeding it",
+                cause=FailCause.BUDGET,
+            )
+        if choice.capacity is Capacity.ON_DEMAND and spent_usd + sit.on_demand_usd_per_s * (
+            sit.work_left_s + sit.overhead_s
+        ) > cap >= spent_usd + sit.spot_usd_per_s * (sit.work_left_s + sit.overhead_s):
+            choice = Choice(
+                Capacity.SPOT,
+                f"ON_DEMAND would exceed the ${cap:.2f} budget cap before the work is done; "
+                "staying on SPOT (the budget cap comes before the deadline)",
+            )
+    if spent_usd + price_per_s(policy, choice.capacity) * BUDGET_TICKS * tick >= cap:
+        return Decision.fail(
+            f"{story}spent ${spent_usd:.2f} of the ${cap:.2f} budget cap, stopping before "
+            "exceeding it",
+            cause=FailCause.BUDGET,
+        )
     return Decision.submit(choice.capacity, choice.reason, escalated=choice.escalated)

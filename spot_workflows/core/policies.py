@@ -1,0 +1,184 @@
+"""Deadline-aware escalation strategies: ``deadline`` (ours), ``uniform_progress``, ``greedy``.
+
+Each is a pure function of the :class:`~spot_workflows.core.deadline.Situation` (carried by the
+:class:`~spot_workflows.core.escalation.History`) and answers, at any moment, which capacity the
+step should be on: SPOT (run on spot, or wait for spot capacity: an idle step is a SPOT attempt
+waiting for capacity) or ON_DEMAND. The planner turns a change of answer while an attempt is live
+into a cancel (``STOPPED``, or ``NO_CAPACITY`` for a SPOT attempt still waiting) and a new submit.
+
+Notation (seconds): ``R`` time left, ``C`` work left, ``s = R - C`` slack, ``d`` restart overhead,
+``tau`` decision tick, ``a`` how long spot has been in its current state (available or not).
+"""
+
+from __future__ import annotations
+
+import math
+
+from spot_workflows.config import SpotPolicy
+from spot_workflows.core.deadline import HOUR, Situation
+from spot_workflows.core.escalation import Choice, History, register
+from spot_workflows.core.outcomes import Capacity
+
+SPOT, OD = Capacity.SPOT, Capacity.ON_DEMAND
+
+# -- ours: age-aware slack reserve -----------------------------------------------------------
+# Shapes come from an age-aware dynamic program over a semi-Markov model of spot availability
+# (up and down periods both have decreasing hazards: the longer spot has been up, the longer it
+# will stay; the longer it has been down, the longer it stays down). Its thresholds are close to
+# linear in the time left, so they are expressed as fractions of R (docs/policies.md).
+WAIT_BASE = 0.07
+"""Idle without spot: wait while the spare slack is at least this fraction of the time left..."""
+WAIT_PER_OVERHEAD_HOUR = 0.4
+"""...plus this fraction per hour of restart overhead (restarts will cost more slack)..."""
+WAIT_PER_OUTAGE_HOUR = 0.25
+"""...times (1 + this per hour the outage has lasted): long outages tend to last longer."""
+AGE_CAP_S = 2 * HOUR
+SWITCH_PER_OVERHEAD_HOUR = 1.2
+"""On ON_DEMAND with spot back: switch when spare slack >= R x this x d (hours), decaying..."""
+SWITCH_AGE_DECAY_S = 0.5 * HOUR
+"""...exponentially with how long spot has been back: old spot sessions tend to last."""
+
+
+def _guard(sit: Situation) -> float:
+    """Slack that must remain to absorb one more restart plus a reclaim: 2d + one tick."""
+    return 2 * sit.overhead_s + sit.tick_s
+
+
+def _hours(seconds: float) -> float:
+    return seconds / HOUR
+
+
+@register("deadline", live=True)
+def deadline_aware(history: History, policy: SpotPolicy, now: float) -> Choice:
+    """Cheapest while never late: spend slack where spot is likely, commit to ON_DEMAND at the end.
+
+    1. Running on spot: stay until reclaimed.
+    2. Final phase: when the work left plus 2d no longer fits the ticks left, ON_DEMAND to the end.
+    3. On ON_DEMAND and spot is back: switch when the spare slack (s - 2d - tau) covers a reserve
+       of R x 1.2 x d[h] x exp(-a / 0.5 h); else stay. (Spare slack >= 0 keeps a reclaim of the
+       new spot attempt safe: after its restart at least d + tau is left for ON_DEMAND.)
+    4. Idle and spot is available: take it.
+    5. Idle without spot: wait while the spare slack is at least R x (0.07 + 0.4 x d[h]) x
+       (1 + 0.25 x a[h]); else go ON_DEMAND. On ON_DEMAND without spot: stay.
+    """
+    sit = _need(history)
+    if sit.on_spot:
+        return Choice(SPOT, "running on SPOT; staying until reclaimed")
+    if sit.must_commit(2 * sit.overhead_s):
+        return _final(sit)
+    spare = sit.slack_s - _guard(sit)
+    r = max(sit.time_left_s, 0.0)
+    age = min(sit.spot_age_s, AGE_CAP_S)
+    d_h = _hours(sit.overhead_s)
+    if sit.spot_available:
+        if not sit.on_demand:
+            return Choice(SPOT, f"SPOT capacity available; slack {_fmt(sit.slack_s)}")
+        reserve = r * SWITCH_PER_OVERHEAD_HOUR * d_h * math.exp(-age / SWITCH_AGE_DECAY_S)
+        if spare >= reserve:
+            return Choice(
+                SPOT,
+                f"SPOT is back (for {_fmt(age)}) and slack {_fmt(sit.slack_s)} covers the switch "
+                f"reserve {_fmt(reserve + _guard(sit))}; switching back to SPOT",
+            )
+        return Choice(OD, f"staying on ON_DEMAND: slack {_fmt(sit.slack_s)} too thin to switch")
+    if sit.on_demand:
+        return Choice(OD, "staying on ON_DEMAND while SPOT is unavailable")
+    reserve = (
+        r * (WAIT_BASE + WAIT_PER_OVERHEAD_HOUR * d_h) * (1 + WAIT_PER_OUTAGE_HOUR * _hours(age))
+    )
+    if spare >= reserve and sit.slack_s - sit.tick_s >= _guard(sit):
+        return Choice(SPOT, f"waiting for SPOT capacity; slack {_fmt(sit.slack_s)} to spare")
+    return Choice(
+        OD,
+        f"no SPOT capacity for {_fmt(sit.spot_age_s)} and slack {_fmt(sit.slack_s)} is below the "
+        f"reserve {_fmt(reserve + _guard(sit))} for {_fmt(r)} left; escalating to ON_DEMAND",
+        escalated=True,
+    )
+
+
+# -- baselines -------------------------------------------------------------------------------
+
+
+@register("uniform_progress", live=True)
+def uniform_progress(history: History, policy: SpotPolicy, now: float) -> Choice:
+    """Uniform Progress (Wu et al., NSDI'24), exactly as in issue #7. Line: ``t * W / D``.
+
+    (4) idle and time left < work left + 2d: ON_DEMAND to the end; (3) on ON_DEMAND: stay until
+    progress >= the line at t + 2d; (2) take spot whenever available and stay until reclaimed;
+    (1) idle and behind the line: ON_DEMAND. Otherwise stay where it is (idle waits for spot).
+    """
+    sit = _need(history)
+    committed = _committed_at_submission(sit)
+    if committed:
+        return _final(sit)
+    if sit.idle and sit.must_commit(2 * sit.overhead_s):
+        return _final(sit)
+    line = _line(sit)
+    if sit.on_demand and sit.done_s < line(sit.elapsed_s + 2 * sit.overhead_s):
+        return Choice(OD, "on ON_DEMAND until progress reaches the line at t + 2d")
+    if sit.on_spot:
+        return Choice(SPOT, "running on SPOT; staying until reclaimed")
+    if sit.spot_available:
+        return Choice(SPOT, "SPOT capacity available")
+    if sit.on_demand:
+        return Choice(OD, "staying on ON_DEMAND while SPOT is unavailable")
+    if sit.done_s < line(sit.elapsed_s):
+        return Choice(OD, "behind the uniform-progress line; escalating to ON_DEMAND", True)
+    return Choice(SPOT, "ahead of the uniform-progress line; waiting for SPOT capacity")
+
+
+@register("greedy", live=True)
+def greedy(history: History, policy: SpotPolicy, now: float) -> Choice:
+    """Spot whenever possible, wait for it otherwise, ON_DEMAND to the end once slack runs out."""
+    sit = _need(history)
+    if sit.on_spot:
+        return Choice(SPOT, "running on SPOT; staying until reclaimed")
+    if sit.on_demand or sit.must_commit(2 * sit.overhead_s):
+        return _final(sit)
+    return Choice(SPOT, "SPOT available" if sit.spot_available else "waiting for SPOT capacity")
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _need(history: History) -> Situation:
+    sit = history.situation
+    if sit is None:  # the planner only calls live strategies with a situation
+        raise ValueError("deadline-aware strategies need a Situation (work and deadline known)")
+    return sit
+
+
+def _final(sit: Situation) -> Choice:
+    return Choice(
+        OD,
+        f"final phase: {_fmt(sit.work_left_s)} of work left and {_fmt(sit.time_left_s)} to the "
+        f"deadline (restart overhead {_fmt(sit.overhead_s)}); ON_DEMAND to the end",
+        escalated=not sit.on_demand,
+    )
+
+
+def _line(sit: Situation):
+    deadline_s = (sit.deadline_at or math.inf) - sit.started_at
+    rate = sit.work_s / deadline_s
+    return lambda t: t * rate
+
+
+def _committed_at_submission(sit: Situation) -> bool:
+    """UP's rule 4 is sticky: the live ON_DEMAND attempt was submitted under the safety net."""
+    live = sit.live
+    if live is None or live.capacity is not OD or live.progress_start is None:
+        return False
+    left = (1.0 - live.progress_start) * sit.work_s
+    return sit.must_commit(2 * sit.overhead_s, work_left_s=left, at=live.submitted_at)
+
+
+def _fmt(seconds: float) -> str:
+    if seconds == math.inf:
+        return "no deadline"
+    sign = "-" if seconds < 0 else ""
+    seconds = abs(seconds)
+    if seconds >= HOUR:
+        return f"{sign}{seconds / HOUR:.2f} h"
+    if seconds >= 60:
+        return f"{sign}{seconds / 60:.1f} min"
+    return f"{sign}{seconds:.1f} s"
