@@ -4,7 +4,14 @@ import pytest
 from pydantic import ValidationError
 
 from spot_workflows.config import SpotPolicy
-from spot_workflows.core.outcomes import Action, Attempt, AttemptState, Capacity, Outcome
+from spot_workflows.core.outcomes import (
+    Action,
+    Attempt,
+    AttemptState,
+    Capacity,
+    FailCause,
+    Outcome,
+)
 from spot_workflows.core.planner import decide, describe_history
 from spot_workflows.errors import ConfigError
 
@@ -75,6 +82,9 @@ CASES = [
     (history((SPOT, P), (SPOT, P)), {"max_attempts": 2}, Action.FAIL, None, False),
     (history(*[(SPOT, P)] * 9), {"preemption_budget": 20}, Action.SUBMIT, SPOT, False),
     (history(*[(SPOT, P)] * 10), {"preemption_budget": 20}, Action.FAIL, None, False),
+    # stopped on purpose by the planner (switch or budget): not a failure, not a preemption
+    (history((SPOT, Outcome.STOPPED)), {}, Action.SUBMIT, SPOT, False),
+    (history((SPOT, P), (OD, Outcome.STOPPED)), {"preemption_budget": 1}, Action.SUBMIT, OD, False),
 ]
 
 
@@ -133,6 +143,7 @@ def test_recorded_but_unsubmitted_attempt_is_not_timed_out():
 def test_budget_cap_stops_before_exceeding():
     d = decide(history((SPOT, P)), SpotPolicy(budget_usd=10), now=0, spent_usd=10.0)
     assert d.action is Action.FAIL and "budget" in d.reason
+    assert d.cause is FailCause.BUDGET
 
 
 def test_failure_message_tells_the_whole_story():

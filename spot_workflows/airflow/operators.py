@@ -1,0 +1,241 @@
+"""``SpotStepOperator``: run one step on spot capacity from an Airflow task, deferrably.
+
+Each time the task runs (first start, resume after a trigger, Airflow retry) it does one round of
+the same loop the CLI and Prefect use (:meth:`StepRunner.tick`): reconcile the live attempt with
+the backend (re-attach through the ledger), ask the planner, carry the decision out. Then:
+
+* ``SUBMIT`` / ``WAIT`` -> defer to :class:`SpotJobTrigger` (no worker slot while the job runs);
+* ``CANCEL`` (spot got no capacity in time; a running attempt stopped for the budget cap or the
+  deadline) -> record it and decide again at once;
+* ``SUCCEED`` -> push the summary and return it;
+* ``FAIL`` -> push the summary and fail with the planner's reason, without Airflow retries
+  (they could not change the answer: the ledger keeps the history).
+
+Because the ledger is written ahead of every submission and lives with the checkpoints, an
+Airflow retry after a crashed worker re-attaches to the live job instead of submitting another.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from spot_workflows.airflow.connections import DEFAULT_CONN_ID
+from spot_workflows.airflow.hooks import SpotBackendHook
+from spot_workflows.airflow.links import SpotJobConsoleLink
+from spot_workflows.airflow.steps import (
+    build_spec,
+    default_step_key,
+    is_templated,
+    parse_policy,
+    replans_while_live,
+    step_summary,
+)
+from spot_workflows.airflow.triggers import SpotJobTrigger
+from spot_workflows.config import SpotPolicy, StepSpec
+from spot_workflows.core.outcomes import Action, AttemptState, Capacity, Decision
+from spot_workflows.errors import ConfigError, LedgerError
+from spot_workflows.runner import RunnerEvent, StepRunner
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+SUMMARY_KEY = "spot_summary"
+
+
+def step_key_for(context: Context, task_id: str) -> str:
+    """The default step key of ``task_id`` in the context's DAG run."""
+    ti = context["ti"]
+    return default_step_key(
+        dag_id=ti.dag_id,
+        task_id=task_id,
+        run_id=context["run_id"],
+        map_index=getattr(ti, "map_index", -1) if task_id == ti.task_id else -1,
+    )
+
+
+class SpotStepOperator(BaseOperator):
+    """Run a command as a spot-workflows step: spot first, resume from checkpoints after reclaims,
+    escalate to on-demand per ``policy``; the backend comes from ``spot_conn_id``.
+
+    :param command: program and arguments (list, or a string split like a shell would). On the
+        local backend a leading ``python`` is the interpreter running Airflow.
+    :param spot_conn_id: ``spot_local`` / ``aws`` / ``google_cloud_platform`` connection.
+    :param checkpoint_uri: the step's checkpoint prefix (``file://``, ``s3://``, ``gs://``);
+        default ``<connection checkpoint_root>/<step key>``. The ledger lives there too.
+    :param policy: a :class:`SpotPolicy`, a dict or a JSON string (e.g. ``"{{ params.policy }}"``).
+    :param env: extra environment for the step (``SPOT_*`` is reserved).
+    :param step_key: stable id of the step; default ``<dag_id>.<task_id>.<run_id>``.
+    :param step_resources: ``image``, ``vcpus``, ``memory_mib``, ``gpus``, ``instance_types``,
+        ``timeout_s``.
+    :param poll_interval: seconds between the trigger's status polls.
+    """
+
+    template_fields: Sequence[str] = (
+        "command",
+        "env",
+        "checkpoint_uri",
+        "policy",
+        "step_key",
+        "spot_conn_id",
+        "step_resources",
+    )
+    template_fields_renderers = {"env": "json", "policy": "json", "step_resources": "json"}
+    operator_extra_links = (SpotJobConsoleLink(),)
+    ui_color = "#fde8c8"
+    replan_interval: float = 60.0
+    """Seconds between planner looks at a running attempt when the policy has a budget cap or a
+    deadline-aware strategy (the task wakes from deferral that often); else it wakes only when
+    the attempt ends or may have waited too long for capacity."""
+
+    def __init__(
+        self,
+        *,
+        command: Sequence[str] | str,
+        spot_conn_id: str = DEFAULT_CONN_ID,
+        checkpoint_uri: str | None = None,
+        policy: SpotPolicy | Mapping[str, Any] | str | None = None,
+        env: Mapping[str, str] | str | None = None,
+        step_key: str | None = None,
+        step_resources: Mapping[str, Any] | str | None = None,
+        poll_interval: float = 5.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.command = command
+        self.spot_conn_id = spot_conn_id
+        self.checkpoint_uri = checkpoint_uri
+        self.policy = policy
+        self.env = env
+        self.step_key = step_key
+        self.step_resources = step_resources
+        if poll_interval <= 0:
+            raise ConfigError(f"poll_interval must be > 0 seconds, got {poll_interval!r}")
+        self.poll_interval = float(poll_interval)
+        self.console_url: str | None = None
+        # Fail at DAG parse time when the values are already known.
+        if not is_templated(policy):
+            parse_policy(policy)
+        static = {"command": command, "env": env, "resources": step_resources}
+        if not any(is_templated(v) for v in static.values()):
+            build_spec(key="parse-check", checkpoint_uri="file:///parse-check", **static)
+
+    # -- Airflow entry points ------------------------------------------------------------------
+    def execute(self, context: Context) -> dict[str, Any]:
+        return self._advance(context)
+
+    def execute_complete(
+        self, context: Context, event: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        if event and event.get("status") == "error":
+            # Retryable: the next try re-attaches to the same job through the ledger.
+            raise AirflowException(
+                f"lost track of job {event.get('job_id')}: {event.get('message')}"
+            )
+        return self._advance(context)
+
+    # -- one round of the loop ----------------------------------------------------------------
+    def _resolve(self, context: Context, hook: SpotBackendHook) -> tuple[StepSpec, SpotPolicy]:
+        try:
+            key = self.step_key or step_key_for(context, self.task_id)
+            uri = self.checkpoint_uri or f"{hook.checkpoint_root()}/{key}"
+            spec = build_spec(
+                key=key,
+                command=self.command,
+                checkpoint_uri=uri,
+                env=self.env,
+                resources=self.step_resources,
+            )
+            return spec, parse_policy(self.policy)
+        except ConfigError as exc:
+            raise AirflowFailException(f"{self.task_id}: {exc}") from exc
+
+    def _advance(self, context: Context) -> dict[str, Any]:
+        hook = SpotBackendHook(spot_conn_id=self.spot_conn_id)
+        spec, policy = self._resolve(context, hook)
+        try:
+            backend = hook.get_backend()
+            runner = StepRunner(
+                spec=spec,
+                backend=backend,
+                policy=policy,
+                poll_interval=self.replan_interval,  # the planner's tick: how often it decides
+                on_event=self._log_event,
+            )
+        except (ConfigError, LedgerError) as exc:  # retrying cannot fix these
+            raise AirflowFailException(f"{self.task_id}: {exc}") from exc
+        decision = self._decide(runner)
+        attempts = runner.ledger.attempts
+        last = attempts[-1] if attempts else None
+        self.console_url = hook.console_url(last.job_id if last else None)
+        ti = context["ti"]
+        if self.console_url:
+            ti.xcom_push(key=SpotJobConsoleLink().xcom_key, value=self.console_url)
+        if decision.action in (Action.SUBMIT, Action.WAIT):
+            self._defer_on_live(runner, policy)
+        summary = step_summary(
+            spec=spec,
+            attempts=attempts,
+            decision=decision,
+            backend=backend.name,
+            conn_id=self.spot_conn_id,
+            console_url=self.console_url,
+        )
+        ti.xcom_push(key=SUMMARY_KEY, value=summary)
+        if decision.action is Action.SUCCEED:
+            self.log.info("step %s succeeded: %s", spec.key, summary["history"])
+            return summary
+        raise AirflowFailException(_failure(spec, decision))
+
+    def _decide(self, runner: StepRunner) -> Decision:
+        """Reconcile, decide, carry out; again at once after a CANCEL (e.g. no spot capacity)."""
+        try:
+            decision = runner.tick()
+            while decision.action is Action.CANCEL:
+                decision = runner.tick()
+        except (ConfigError, LedgerError) as exc:  # a bad setting: retrying cannot fix it
+            raise AirflowFailException(f"{self.task_id}: {exc}") from exc
+        return decision
+
+    def _defer_on_live(self, runner: StepRunner, policy: SpotPolicy) -> None:
+        live = runner.ledger.live
+        if live is None or live.job_id is None:  # the runner always leaves one after SUBMIT/WAIT
+            raise AirflowException(f"step {runner.spec.key}: no live attempt to wait on")
+        wake_at = None
+        timeout = (
+            policy.capacity_timeout_s
+            if live.capacity is Capacity.SPOT
+            else policy.on_demand_capacity_timeout_s
+        )
+        if live.state is AttemptState.PENDING and timeout is not None:
+            wake_at = live.submitted_at + timeout
+        if replans_while_live(policy):
+            replan_at = time.time() + self.replan_interval
+            wake_at = replan_at if wake_at is None else min(wake_at, replan_at)
+        self.log.info(
+            "deferring on attempt %d (%s, job %s)", live.number, live.capacity.value, live.job_id
+        )
+        self.defer(
+            trigger=SpotJobTrigger(
+                spot_conn_id=self.spot_conn_id,
+                job_id=live.job_id,
+                poll_interval=self.poll_interval,
+                wake_at=wake_at,
+            ),
+            method_name="execute_complete",
+        )
+
+    def _log_event(self, event: RunnerEvent) -> None:
+        self.log.info("%s: %s", event.kind, event.message)
+
+
+def _failure(spec: StepSpec, decision: Decision) -> str:
+    return (
+        f"step {spec.key} failed: {decision.reason}. The ledger at {spec.checkpoint_uri} keeps "
+        "this history, so retrying the task gives the same answer; to run the step again, fix "
+        "the cause and use a new checkpoint_uri (or move its ledger.json aside)"
+    )

@@ -1,0 +1,195 @@
+"""What the operator and the sensor share, with no Airflow import: names, parsing, the summary.
+
+* :func:`default_step_key`: the stable step key of a task in a DAG run (same on every Airflow try,
+  so a retry opens the same ledger and re-attaches);
+* :func:`parse_policy`, :func:`parse_command`, :func:`build_spec`: user input (often rendered from
+  Jinja templates, so strings) into validated :class:`SpotPolicy` / :class:`StepSpec`, with errors
+  that name the field;
+* :func:`step_summary`: the compact XCom summary of a step.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from spot_workflows.config import SpotPolicy, StepSpec
+from spot_workflows.core.escalation import get_strategy, is_live, resolve
+from spot_workflows.core.outcomes import Attempt, Capacity, Decision
+from spot_workflows.core.planner import describe_history
+from spot_workflows.errors import ConfigError
+
+RESOURCE_FIELDS = ("image", "vcpus", "memory_mib", "gpus", "instance_types", "timeout_s")
+_BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9._=-]+")
+
+
+def is_templated(value: Any) -> bool:
+    """True if ``value`` (or anything inside it) still holds a Jinja expression."""
+    if isinstance(value, str):
+        return "{{" in value or "{%" in value
+    if isinstance(value, Mapping):
+        return any(is_templated(k) or is_templated(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(is_templated(v) for v in value)
+    return False
+
+
+def default_step_key(*, dag_id: str, task_id: str, run_id: str, map_index: int = -1) -> str:
+    """``<dag_id>.<task_id>.<run_id>[.<map_index>]`` made a valid step key.
+
+    Characters a step key cannot hold (``:``, ``+``, ``/``...) become ``-``; when anything was
+    replaced, a short hash of the original keeps two different runs from sharing a key.
+    """
+    raw = f"{dag_id}.{task_id}.{run_id}" + (
+        f".{map_index}" if map_index is not None and map_index >= 0 else ""
+    )
+    key = re.sub(r"\.{2,}", ".", _BAD_KEY_CHARS.sub("-", raw)).lstrip("._=-").rstrip(".-")
+    if key != raw:
+        key = f"{key[:180] or 'step'}-{hashlib.sha256(raw.encode()).hexdigest()[:8]}"
+    return key
+
+
+def _first_errors(exc: ValidationError, what: str) -> str:
+    parts = []
+    for err in exc.errors()[:3]:
+        field = ".".join(str(p) for p in err["loc"]) or what
+        parts.append(f"{field}: {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(parts)
+
+
+def _mapping(value: Any, what: str) -> dict:
+    """A dict from a dict, a JSON string or a Python-literal string (how Jinja renders a dict)."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return {}
+        for parse in (json.loads, ast.literal_eval):
+            try:
+                parsed = parse(text)
+            except (ValueError, SyntaxError):
+                continue
+            if isinstance(parsed, Mapping):
+                return dict(parsed)
+        raise ConfigError(f"{what} must be a mapping (dict or JSON object), got {value!r}")
+    raise ConfigError(f"{what} must be a mapping (dict or JSON object), got {type(value).__name__}")
+
+
+def parse_policy(value: SpotPolicy | Mapping | str | None) -> SpotPolicy:
+    """A :class:`SpotPolicy` from a policy, a dict or a (rendered) string; errors name the field."""
+    if value is None:
+        return SpotPolicy()
+    if isinstance(value, SpotPolicy):
+        return value
+    try:
+        policy = SpotPolicy.model_validate(_mapping(value, "policy"))
+    except ValidationError as exc:
+        raise ConfigError(
+            f"invalid spot policy: {_first_errors(exc, 'policy')}; see SpotPolicy in "
+            "docs/concepts.md for the fields and their ranges"
+        ) from None
+    if "strategy" in policy.model_fields_set:  # a misspelt strategy fails here, not later
+        get_strategy(resolve(policy))
+    return policy
+
+
+def replans_while_live(policy: SpotPolicy) -> bool:
+    """Whether the planner must look at a live attempt now and then (budget cap, or a
+    deadline-aware strategy), not only when the attempt ends."""
+    if policy.budget_usd is not None:
+        return True
+    return policy.deadline_s is not None and is_live(resolve(policy))
+
+
+def parse_command(value: Sequence[str] | str) -> list[str]:
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):  # a list rendered by Jinja
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                value = shlex.split(text)
+        else:
+            value = shlex.split(text)
+    command = [str(part) for part in value]
+    if not command:
+        raise ConfigError("command must not be empty: give the program and its arguments")
+    return command
+
+
+def build_spec(
+    *,
+    key: str,
+    command: Sequence[str] | str,
+    checkpoint_uri: str,
+    env: Mapping[str, Any] | str | None,
+    resources: Mapping[str, Any] | str | None,
+) -> StepSpec:
+    """A validated :class:`StepSpec`; a bad value raises ConfigError naming the field."""
+    extra = _mapping(resources, "resources") if resources is not None else {}
+    unknown = sorted(set(extra) - set(RESOURCE_FIELDS))
+    if unknown:
+        raise ConfigError(
+            f"unknown resources field(s) {unknown}; allowed: {', '.join(RESOURCE_FIELDS)}"
+        )
+    env_map = _mapping(env, "env") if env is not None else {}
+    try:
+        return StepSpec(
+            key=key,
+            command=parse_command(command),
+            checkpoint_uri=checkpoint_uri,
+            env={str(k): str(v) for k, v in env_map.items()},
+            **extra,
+        )
+    except ValidationError as exc:
+        raise ConfigError(f"invalid step: {_first_errors(exc, 'step')}") from None
+
+
+def _attempt_row(a: Attempt) -> dict[str, Any]:
+    return {
+        "attempt": a.number,
+        "capacity": a.capacity.value,
+        "outcome": a.outcome.value if a.outcome else a.state.value,
+        "job_id": a.job_id,
+        "exit_code": a.exit_code,
+        "resumed_from_step": a.resumed_from_step,
+        "seconds": round(a.run_seconds(), 2),
+    }
+
+
+def step_summary(
+    *,
+    spec: StepSpec,
+    attempts: Sequence[Attempt],
+    decision: Decision,
+    backend: str,
+    conn_id: str,
+    console_url: str | None,
+) -> dict[str, Any]:
+    """The compact, JSON-able summary the operator pushes to XCom."""
+    costs = [a.cost_usd for a in attempts if a.cost_usd is not None]
+    capacities = [a.capacity.value for a in attempts]
+    return {
+        "step_key": spec.key,
+        "checkpoint_uri": spec.checkpoint_uri,
+        "backend": backend,
+        "conn_id": conn_id,
+        "succeeded": decision.action.value == "SUCCEED",
+        "reason": decision.reason,
+        "history": describe_history(attempts),
+        "attempts": [_attempt_row(a) for a in attempts],
+        "capacities": capacities,
+        "outcomes": [a.outcome.value if a.outcome else None for a in attempts],
+        "escalated": Capacity.SPOT.value in capacities and Capacity.ON_DEMAND.value in capacities,
+        "final_capacity": capacities[-1] if capacities else None,
+        "cost_usd": round(sum(costs), 4) if costs else None,
+        "console_url": console_url,
+    }

@@ -1,0 +1,175 @@
+"""Triggers: tiny, serializable (ids and a connection id only), polling the backend off the loop.
+
+* :class:`SpotJobTrigger` waits on one attempt's job for the spot step operator: it fires when the
+  job is done or gone, or at ``wake_at`` (when the planner must look again, e.g. a spot attempt
+  that may have waited too long for capacity). The operator, not the trigger, decides what next.
+* :class:`SpotTerminationTrigger` fires on termination notices (interruption warnings, rebalance
+  recommendations, preempted jobs) for a step or a job queue. It is a ``BaseEventTrigger``, so it also
+  works in an ``AssetWatcher`` for event-driven scheduling (there it yields every notice).
+
+Blocking calls (describe, reading the events file or the ledger) run in ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from airflow.triggers.base import BaseEventTrigger, BaseTrigger, TriggerEvent
+
+from spot_workflows.airflow.connections import build_backend, build_notice_source
+from spot_workflows.airflow.hooks import SpotBackendHook
+from spot_workflows.airflow.watch import DEFAULT_KINDS, TerminationWatch, normalize_kinds
+from spot_workflows.core.classify import CANCEL_REASON_PREFIX
+from spot_workflows.core.outcomes import AttemptState
+
+MAX_DESCRIBE_FAILURES = 5
+
+
+class SpotJobTrigger(BaseTrigger):
+    """Fires when job ``job_id`` of connection ``spot_conn_id`` is done or gone, or at ``wake_at``.
+
+    Event payloads: ``{"status": "done" | "gone" | "wake" | "error", "job_id": ..., ...}``.
+    """
+
+    def __init__(
+        self,
+        *,
+        spot_conn_id: str,
+        job_id: str,
+        poll_interval: float = 5.0,
+        wake_at: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.spot_conn_id = spot_conn_id
+        self.job_id = job_id
+        self.poll_interval = float(poll_interval)
+        self.wake_at = None if wake_at is None else float(wake_at)
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "spot_conn_id": self.spot_conn_id,
+                "job_id": self.job_id,
+                "poll_interval": self.poll_interval,
+                "wake_at": self.wake_at,
+            },
+        )
+
+    def _event(self, status: str, **payload: Any) -> TriggerEvent:
+        return TriggerEvent({"status": status, "job_id": self.job_id, **payload})
+
+    async def _backend(self):
+        info = await SpotBackendHook.aget_info(self.spot_conn_id)
+        return await asyncio.to_thread(build_backend, info)
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        try:
+            backend = await self._backend()
+        except Exception as exc:  # the task must learn why, not time out
+            yield self._event("error", message=f"cannot build backend: {exc}")
+            return
+        failures = 0
+        while True:
+            try:
+                seen = await asyncio.to_thread(backend.describe, [self.job_id])
+            except Exception as exc:  # transient API errors: retry a few times, then report
+                failures += 1
+                if failures >= MAX_DESCRIBE_FAILURES:
+                    yield self._event("error", message=f"describe failed {failures} times: {exc}")
+                    return
+                self.log.warning("describe %s failed (%s); retrying", self.job_id, exc)
+                await asyncio.sleep(self.poll_interval)
+                continue
+            failures = 0
+            obs = seen.get(self.job_id)
+            if obs is None:
+                yield self._event("gone")
+                return
+            if obs.state is AttemptState.DONE:
+                outcome = obs.outcome.value if obs.outcome else None
+                yield self._event("done", outcome=outcome, reason=obs.reason)
+                return
+            now = time.time()
+            if self.wake_at is not None and now >= self.wake_at:
+                yield self._event("wake", state=obs.state.value)
+                return
+            delay = self.poll_interval
+            if self.wake_at is not None:
+                delay = max(0.0, min(delay, self.wake_at - now))
+            await asyncio.sleep(delay)
+
+    async def on_kill(self) -> None:
+        """A user marked the deferred task failed/success or cleared it: stop the job too."""
+        backend = await self._backend()
+        await asyncio.to_thread(
+            backend.cancel,
+            self.job_id,
+            reason=f"{CANCEL_REASON_PREFIX} the Airflow task was stopped by a user",
+        )
+
+
+class SpotTerminationTrigger(BaseEventTrigger):
+    """Fires on termination notices for ``step_key`` (or ``job_queue``, or any) since ``since``.
+
+    With ``checkpoint_uri`` (the watched step's), it also reads the step's ledger: a preempted
+    attempt counts as a notice, and a step that finished without one ends the wait with
+    ``{"terminated": False}``. In an ``AssetWatcher`` leave ``checkpoint_uri`` out: the trigger
+    then runs forever and yields one event per notice.
+    """
+
+    def __init__(
+        self,
+        *,
+        spot_conn_id: str,
+        step_key: str | None = None,
+        job_queue: str | None = None,
+        kinds: Sequence[str] = DEFAULT_KINDS,
+        since: float | None = None,
+        checkpoint_uri: str | None = None,
+        poll_interval: float = 5.0,
+    ) -> None:
+        super().__init__()
+        self.spot_conn_id = spot_conn_id
+        self.step_key = step_key
+        self.job_queue = job_queue
+        self.kinds = normalize_kinds(kinds)
+        self.since = None if since is None else float(since)
+        self.checkpoint_uri = checkpoint_uri
+        self.poll_interval = float(poll_interval)
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "spot_conn_id": self.spot_conn_id,
+                "step_key": self.step_key,
+                "job_queue": self.job_queue,
+                "kinds": list(self.kinds),
+                "since": self.since,
+                "checkpoint_uri": self.checkpoint_uri,
+                "poll_interval": self.poll_interval,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        since = self.since if self.since is not None else time.time()
+        info = await SpotBackendHook.aget_info(self.spot_conn_id)
+        source = await asyncio.to_thread(build_notice_source, info, since=since)
+        watch = TerminationWatch(
+            source=source,
+            step_key=self.step_key,
+            job_queue=self.job_queue,
+            kinds=self.kinds,
+            since=since,
+            checkpoint_uri=self.checkpoint_uri,
+        )
+        while True:
+            for payload in await asyncio.to_thread(watch.check):
+                yield TriggerEvent(payload)
+                if not payload["terminated"]:
+                    return  # the watched step finished: nothing more will come
+            await asyncio.sleep(self.poll_interval)

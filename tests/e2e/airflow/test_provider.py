@@ -1,0 +1,44 @@
+"""Airflow sees the provider; the example DAGs run with ``airflow dags test`` from a shell."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import spot_workflows
+from spot_workflows.airflow import get_provider_info
+
+
+def test_provider_manager_sees_the_provider_and_its_parts():
+    from airflow.providers_manager import ProvidersManager
+    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
+
+    pm = ProvidersManager()
+    provider = pm.providers["spot-workflows"]
+    assert provider.version == spot_workflows.__version__
+    assert provider.data["name"] == get_provider_info()["name"]
+    hook = ProvidersManagerTaskRuntime().hooks["spot_local"]
+    assert hook.hook_class_name == "spot_workflows.airflow.hooks.SpotBackendHook"
+    assert hook.connection_id_attribute_name == "spot_conn_id"
+    assert "spot_workflows.airflow.triggers" in {t.trigger_class_name for t in pm.trigger}
+    assert "spot_workflows.airflow.links.SpotJobConsoleLink" in pm.extra_links_class_names
+    assert pm.field_behaviours["spot_local"]["hidden_fields"][:2] == ["host", "schema"]
+
+
+def test_airflow_dags_test_runs_an_example_dag_from_a_shell(airflow_db, local_conn):
+    conn = local_conn(conn_id="spot_local_cli")
+    conf = json.dumps({"spot_conn_id": conn["conn_id"], "shards": 3, "rows": 500})
+    proc = subprocess.run(
+        [sys.executable, "-m", "airflow", "dags", "test", "spot_etl_preprocess", "-c", conf],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=dict(os.environ),
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "dag_id=spot_etl_preprocess" in out and "state=success" in out, out[-3000:]
+    assert "3 shards: {'rows': 1500" in out  # the load task read the step's last checkpoint
+    assert len(list((conn["state_dir"] / "jobs").iterdir())) == 1
