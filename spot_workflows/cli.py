@@ -218,6 +218,11 @@ def _guard(fn):
         sys.exit(2)
 
 
+from spot_workflows.cli_sim import simulate  # noqa: E402
+
+main.add_command(simulate)
+
+
 def _register_subcommands() -> None:
     from spot_workflows.cli_aws import aws
 

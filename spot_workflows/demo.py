@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spot_workflows.backends.local import LocalBackend
-from spot_workflows.backends.local_market import ScheduledMarket
 from spot_workflows.config import SpotPolicy, StepSpec
 from spot_workflows.core.cost import step_cost
-from spot_workflows.core.outcomes import Attempt, Outcome
+from spot_workflows.core.outcomes import Attempt, Capacity, Outcome
 from spot_workflows.examples import toy_train
 from spot_workflows.pricing import load_catalog
 from spot_workflows.report import summary
@@ -35,7 +34,9 @@ class DemoConfig:
     every: int = 50
     step_seconds: float = 0.01
     seed: int = 7
-    reclaims: tuple[float, ...] = (2.0, 2.0)
+    reclaim_at_steps: tuple[int, ...] = (120, 240)
+    """The n-th spot attempt is reclaimed once training passes this step (progress-driven, so the
+    demo behaves the same on a fast laptop and a loaded CI machine)."""
     notice_window_s: float = 2.0
     preemption_budget: int = 2
     workdir: Path | None = None
@@ -78,6 +79,27 @@ def attempts_report(result: RunResult, backend: LocalBackend) -> list[dict]:
     return rows
 
 
+def _reclaiming_sleep(backend: LocalBackend, holder: list[StepRunner], at_steps: tuple[int, ...]):
+    """The runner's sleep, which also lets the market reclaim the n-th spot attempt once the
+    training log passes ``at_steps[n]`` (notice on the metadata endpoint, then SIGTERM)."""
+    reclaimed: set[str] = set()
+
+    def sleep(seconds: float) -> None:
+        time.sleep(seconds)
+        live = holder[0].ledger.live if holder else None
+        if live is None or live.job_id is None or live.capacity is not Capacity.SPOT:
+            return
+        n = sum(1 for a in holder[0].ledger.attempts if a.capacity is Capacity.SPOT) - 1
+        if n >= len(at_steps) or live.job_id in reclaimed:
+            return
+        reached = last_step_in_log(backend.log_path(live.job_id)) or 0
+        if reached >= at_steps[n]:
+            backend.reclaim(live.job_id)
+            reclaimed.add(live.job_id)
+
+    return sleep
+
+
 def run_demo(
     config: DemoConfig, *, on_event: Callable[[RunnerEvent], None] | None = None, backend_cb=None
 ) -> dict:
@@ -98,16 +120,22 @@ def run_demo(
         checkpoint_uri=f"file://{(workdir / 'checkpoints' / 'demo-train').resolve()}",
     )
     policy = SpotPolicy(preemption_budget=config.preemption_budget, capacity_timeout_s=60)
-    market = ScheduledMarket(reclaims=config.reclaims)
     started = time.time()
     with LocalBackend(
-        state_dir=workdir / "backend", market=market, notice_window_s=config.notice_window_s
+        state_dir=workdir / "backend", notice_window_s=config.notice_window_s
     ) as backend:
         if backend_cb is not None:
             backend_cb(backend)
+        holder: list[StepRunner] = []
         runner = StepRunner(
-            spec=spec, backend=backend, policy=policy, poll_interval=0.1, on_event=on_event
+            spec=spec,
+            backend=backend,
+            policy=policy,
+            poll_interval=0.1,
+            on_event=on_event,
+            sleep=_reclaiming_sleep(backend, holder, config.reclaim_at_steps),
         )
+        holder.append(runner)
         result = runner.run()
         rows = attempts_report(result, backend)
         final_log = backend.log_path(result.attempts[-1].job_id).read_text()

@@ -16,9 +16,17 @@ from dataclasses import dataclass, field
 from spot_workflows.backends.base import Backend
 from spot_workflows.config import SpotPolicy, StepSpec
 from spot_workflows.core.classify import CANCEL_REASON_PREFIX
-from spot_workflows.core.outcomes import Action, Attempt, AttemptState, Decision, Outcome
+from spot_workflows.core.deadline import Outlook, spent_usd
+from spot_workflows.core.outcomes import (
+    Action,
+    Attempt,
+    AttemptState,
+    Decision,
+    FailCause,
+    Outcome,
+)
 from spot_workflows.core.planner import decide
-from spot_workflows.errors import StepFailedError
+from spot_workflows.errors import BudgetExceededError, DeadlineInfeasibleError, StepFailedError
 from spot_workflows.ledger import Ledger
 from spot_workflows.runtime.store import CheckpointStore
 
@@ -55,7 +63,9 @@ _OUTCOME_EVENTS = {
     Outcome.INFRA_ERROR: "infra_error",
     Outcome.TIMEOUT: "timeout",
     Outcome.CANCELLED: "cancelled",
+    Outcome.STOPPED: "stopped",
 }
+_FAIL_ERRORS = {FailCause.BUDGET: BudgetExceededError, FailCause.DEADLINE: DeadlineInfeasibleError}
 
 
 class StepRunner:
@@ -70,6 +80,7 @@ class StepRunner:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         on_event: Callable[[RunnerEvent], None] | None = None,
+        cancel_wait_s: float = 120.0,
     ) -> None:
         self.spec = spec
         self.backend = backend
@@ -79,7 +90,9 @@ class StepRunner:
         self.clock = clock
         self.sleep = sleep
         self.on_event = on_event
+        self.cancel_wait_s = cancel_wait_s
         self.ledger = Ledger.open(self.store, spec.key)
+        self._last_tick_at: float | None = None
 
     # -- public ----------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -92,15 +105,39 @@ class StepRunner:
             if decision.action is Action.SUCCEED:
                 return self.result(decision)
             if decision.action is Action.FAIL:
-                raise StepFailedError(decision.reason, step_key=self.spec.key)
+                error = _FAIL_ERRORS.get(decision.cause, StepFailedError)
+                raise error(decision.reason, step_key=self.spec.key)
 
     def tick(self) -> Decision:
         """Reconcile the live attempt with the backend, decide, and carry out the decision
         (everything except waiting). Returns the decision taken."""
         self.reconcile()
-        decision = decide(self.ledger.attempts, self.policy, now=self.clock())
+        now = self.clock()
+        attempts = self.ledger.attempts
+        decision = decide(
+            attempts,
+            self.policy,
+            now=now,
+            spent_usd=spent_usd(attempts, self.policy, now),
+            outlook=self._outlook(now),
+        )
         self.execute(decision)
         return decision
+
+    def _outlook(self, now: float) -> Outlook:
+        """Planner inputs beyond the ledger: checkpoint progress (deadline-aware policies only:
+        it reads the store) and how often the planner really runs (poll interval or the measured
+        period, whichever is longer). Restart overhead, deadline and spend are derived from the
+        ledger by the planner itself."""
+        period = self.poll_interval
+        if self._last_tick_at is not None:
+            period = max(period, now - self._last_tick_at)
+        self._last_tick_at = now
+        progress = None
+        if self.policy.deadline_s is not None:
+            latest = self.store.latest()
+            progress = latest.progress if latest is not None else None
+        return Outlook(progress=progress, tick_s=period)
 
     def result(self, decision: Decision) -> RunResult:
         attempts = list(self.ledger.attempts)
@@ -163,10 +200,32 @@ class StepRunner:
             live = self.ledger.live
             assert live is not None and live.job_id is not None and decision.outcome is not None
             self.backend.cancel(live.job_id, reason=f"{CANCEL_REASON_PREFIX} {decision.reason}")
-            self.ledger.finish(live, decision.outcome, now=self.clock(), reason=decision.reason)
+            if live.state is AttemptState.RUNNING:
+                self._await_exit(live)
+            live = self.ledger.finish(
+                live, decision.outcome, now=self.clock(), reason=decision.reason
+            )
+            if live.started_at is not None:
+                live = self._record_last_checkpoint(live)
             self._emit(_OUTCOME_EVENTS[decision.outcome], live, decision.reason)
         elif decision.action is Action.FAIL:
             self._emit("failed", None, decision.reason)
+
+    def _await_exit(self, attempt: Attempt) -> None:
+        """Wait (bounded) for a stopped attempt's worker to exit, so its emergency checkpoint is
+        durable before the next attempt restores, and two workers never write one prefix."""
+        deadline = self.clock() + self.cancel_wait_s
+        while self.clock() < deadline:
+            obs = self.backend.describe([attempt.job_id]).get(attempt.job_id)
+            if obs is None or obs.state is AttemptState.DONE:
+                return
+            self.sleep(self.poll_interval)
+        log.warning(
+            "%s: attempt %s did not exit within %.0fs of being stopped; continuing",
+            self.spec.key,
+            attempt.number,
+            self.cancel_wait_s,
+        )
 
     def _record_last_checkpoint(self, attempt: Attempt) -> Attempt:
         """Note the newest durable checkpoint at the attempt's end (for lost-work accounting)."""

@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from spot_workflows.backends.base import attempt_env
+from spot_workflows.backends.local_events import append_event
 from spot_workflows.backends.local_market import NeverReclaimed, SpotMarket
 from spot_workflows.backends.local_metadata import LocalMetadataServer
 from spot_workflows.backends.local_worker import write_json_atomic
@@ -68,6 +69,7 @@ class LocalBackend:
         tick_s: float = 0.05,
         wrap: bool = True,
         clock: Callable[[], float] = time.time,
+        events_path: str | Path | None = None,
     ) -> None:
         if notice_window_s < 0 or grace_s < 0:
             raise BackendError("notice_window_s and grace_s must be >= 0 seconds")
@@ -86,6 +88,8 @@ class LocalBackend:
         self._thread: threading.Thread | None = None
         self._spot_launched = 0
         self.events: list[dict] = []  # market events: notice / sigterm / sigkill, for reports
+        self.events_path = Path(events_path) if events_path is not None else None
+        """Optional JSON-lines copy of the market events (see ``local_events``), for watchers."""
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> LocalBackend:
@@ -170,6 +174,17 @@ class LocalBackend:
             if job and job.get("job_name") == job_name:
                 return job["job_id"]
         return None
+
+    def reclaim(self, job_id: str) -> None:
+        """Reclaim a running spot attempt now (notice, then SIGTERM/SIGKILL as configured):
+        the local equivalent of an injected ``Host EC2 ... terminated``."""
+        job_dir = self.state_dir / "jobs" / job_id
+        with self._lock:
+            job = _read(job_dir / "job.json")
+            if job is None or job["capacity"] != Capacity.SPOT.value or "launched_at" not in job:
+                raise BackendError(f"local job {job_id} is not a launched spot attempt")
+            job["reclaim_at"] = self.clock()
+            write_json_atomic(job_dir / "job.json", job)
 
     def log_path(self, job_id: str) -> Path:
         return self.state_dir / "jobs" / job_id / "output.log"
@@ -270,18 +285,36 @@ class LocalBackend:
                 self.metadata.set_interruption(job["instance_id"], deadline=when)
                 self.metadata.set_gce_preempted(job["instance_id"], True)
             write_json_atomic(job_dir / "reclaim.json", reclaim)
-            self.events.append({"event": "notice", "job_id": job["job_id"], "at": now})
+            self._record(job, "notice", now, deadline=deadline)
         if reclaim["stage"] == "notice" and now >= reclaim["deadline"]:
             reclaim["stage"] = "sigterm"
             write_json_atomic(job_dir / "reclaim.json", reclaim)
             sig = signal.SIGTERM if self.grace_s > 0 else signal.SIGKILL
             self._signal_job(job_dir, sig)
-            self.events.append({"event": sig.name.lower(), "job_id": job["job_id"], "at": now})
+            self._record(job, sig.name.lower(), now)
         elif reclaim["stage"] == "sigterm" and now >= reclaim["deadline"] + self.grace_s:
             reclaim["stage"] = "sigkill"
             write_json_atomic(job_dir / "reclaim.json", reclaim)
             self._signal_job(job_dir, signal.SIGKILL)
-            self.events.append({"event": "sigkill", "job_id": job["job_id"], "at": now})
+            self._record(job, "sigkill", now)
+
+    def _record(self, job: dict, event: str, now: float, **extra: object) -> None:
+        self.events.append({"event": event, "job_id": job["job_id"], "at": now})
+        if self.events_path is not None:
+            doc = {
+                "event": event,
+                "at": now,
+                "job_id": job["job_id"],
+                "job_name": job.get("job_name"),
+                "step_key": job.get("env", {}).get("SPOT_STEP_KEY"),
+                "capacity": job.get("capacity"),
+                "instance_id": job.get("instance_id"),
+                **extra,
+            }
+            try:
+                append_event(self.events_path, doc)
+            except OSError as exc:  # watchers lose one event; the market itself goes on
+                self.events.append({"event": "events-file-error", "error": repr(exc)})
 
     def _signal_job(self, job_dir: Path, sig: signal.Signals) -> None:
         """Signal every process of the job except its supervisor (which records the exit)."""

@@ -15,9 +15,9 @@ import pytest
 from spot_workflows.backends.local import LocalBackend
 from spot_workflows.backends.local_market import ScheduledMarket, TraceMarket
 from spot_workflows.config import SpotPolicy, StepSpec
-from spot_workflows.core.outcomes import Capacity, Outcome
-from spot_workflows.demo import DemoConfig, run_demo
-from spot_workflows.errors import StepFailedError
+from spot_workflows.core.outcomes import Action, Capacity, Outcome
+from spot_workflows.demo import DemoConfig, last_step_in_log, run_demo
+from spot_workflows.errors import BackendError, StepFailedError
 from spot_workflows.ledger import Ledger
 from spot_workflows.runner import StepRunner
 from spot_workflows.runtime.store import CheckpointStore
@@ -35,7 +35,9 @@ def job_dirs(state_dir: Path) -> list[dict]:
 
 def test_reclaimed_twice_resumes_from_checkpoint_and_escalates(tmp_path):
     summary = run_demo(
-        DemoConfig(steps=300, every=40, step_seconds=0.01, reclaims=(2.5, 2.5), workdir=tmp_path)
+        DemoConfig(
+            steps=300, every=40, step_seconds=0.01, reclaim_at_steps=(90, 190), workdir=tmp_path
+        )
     )
     outcomes = [(r["capacity"], r["outcome"]) for r in summary["attempts"]]
     assert outcomes == [
@@ -45,7 +47,8 @@ def test_reclaimed_twice_resumes_from_checkpoint_and_escalates(tmp_path):
     ]
     assert summary["escalated"] is True
     resumed = [r["resumed_from_step"] for r in summary["attempts"]]
-    assert resumed[0] == 0 and 0 < resumed[1] < resumed[2] < 300
+    # reclaimed once past steps 90 and 190; the notice lands a few steps later
+    assert resumed[0] == 0 and 90 <= resumed[1] < 190 <= resumed[2] < 300
     # the notice window allowed an emergency save each time: nothing was lost
     assert [r["steps_lost"] for r in summary["attempts"][:2]] == [0, 0]
     assert summary["final_checksum"] == summary["reference_checksum"]
@@ -53,19 +56,34 @@ def test_reclaimed_twice_resumes_from_checkpoint_and_escalates(tmp_path):
 
 def test_reclaim_without_notice_loses_steps_but_still_matches(tmp_path):
     spec = spec_for(tmp_path, [*TRAIN, "--steps=200", "--every=25", "--step-seconds=0.01"])
-    market = ScheduledMarket(reclaims=(1.5,))
-    with LocalBackend(
-        state_dir=tmp_path / "b", market=market, notice_window_s=0, grace_s=0
-    ) as backend:
-        result = StepRunner(spec=spec, backend=backend, poll_interval=0.05).run()
-        log = backend.log_path(result.attempts[-1].job_id).read_text()
-    first, second = result.attempts
-    assert first.outcome is Outcome.PREEMPTED and first.exit_code == 137
+    with LocalBackend(state_dir=tmp_path / "b", notice_window_s=0, grace_s=0) as backend:
+        runner = StepRunner(spec=spec, backend=backend, poll_interval=0.05)
+        reclaimed = False
+        while (decision := runner.tick()).action not in (Action.SUCCEED, Action.FAIL):
+            live = runner.ledger.live
+            if not reclaimed and live is not None and live.job_id is not None:
+                reached = last_step_in_log(backend.log_path(live.job_id)) or 0
+                if reached >= 40:  # past the first periodic checkpoint (25), before the second
+                    backend.reclaim(live.job_id)
+                    reclaimed = True
+            time.sleep(0.02)
+        assert decision.action is Action.SUCCEED
+        log = backend.log_path(runner.ledger.attempts[-1].job_id).read_text()
+    first, second = runner.ledger.attempts
+    assert first.outcome is Outcome.PREEMPTED and first.exit_code == 137  # SIGKILL, no notice
     assert second.capacity is Capacity.SPOT and second.outcome is Outcome.SUCCEEDED
-    assert second.resumed_from_step % 25 == 0  # only periodic checkpoints survived
+    assert second.resumed_from_step is not None and second.resumed_from_step % 25 == 0
     from spot_workflows.examples.toy_train import reference
 
     assert json.loads(log.strip().splitlines()[-1])["checksum"] == reference(200, 7)
+
+
+def test_reclaim_of_an_on_demand_attempt_is_refused(tmp_path):
+    spec = spec_for(tmp_path, ["sh", "-c", "sleep 1"], key="od")
+    with LocalBackend(state_dir=tmp_path / "b") as backend:
+        job = backend.submit(spec, job_name="od-a1", attempt=1, capacity=Capacity.ON_DEMAND)
+        with pytest.raises(BackendError, match="not a launched spot attempt"):
+            backend.reclaim(job)
 
 
 def test_app_error_is_not_charged_to_the_preemption_budget(tmp_path):
@@ -182,3 +200,28 @@ def test_every_attempt_gets_the_worker_contract_environment(tmp_path):
     assert env["SPOT_ATTEMPT"] == "1"
     assert env["SPOT_CAPACITY"] == "SPOT"
     assert env["SPOT_NOTICE_SOURCE"] == "local"
+
+
+def test_stopping_a_running_attempt_waits_for_its_emergency_checkpoint(tmp_path):
+    from spot_workflows.core.outcomes import AttemptState, Decision
+
+    spec = spec_for(tmp_path, [*TRAIN, "--steps=100000", "--every=1000", "--step-seconds=0.01"])
+    with LocalBackend(state_dir=tmp_path / "b", grace_s=10) as backend:
+        runner = StepRunner(spec=spec, backend=backend, poll_interval=0.05)
+        runner.tick()  # submit
+        live = runner.ledger.live
+        deadline = time.time() + 30
+        while (
+            time.time() < deadline and (last_step_in_log(backend.log_path(live.job_id)) or 0) < 20
+        ):
+            time.sleep(0.05)
+            runner.reconcile()
+        assert runner.ledger.live.state is AttemptState.RUNNING
+        runner.execute(Decision.cancel(Outcome.STOPPED, "switching capacity (test)"))
+        # execute() returned: the worker has exited and its emergency checkpoint is durable
+        obs = backend.describe([live.job_id])[live.job_id]
+        assert obs.state is AttemptState.DONE
+        stopped = runner.ledger.attempts[0]
+        assert stopped.outcome is Outcome.STOPPED
+        reached = last_step_in_log(backend.log_path(live.job_id))
+        assert stopped.last_checkpoint_step == reached == runner.store.latest().step

@@ -79,6 +79,11 @@ def aws() -> Iterator[SimpleNamespace]:
             client("s3").create_bucket(Bucket="ckpt")
             yield SimpleNamespace(url=url, outputs=boot.outputs(), batch=client("batch"), mp=mp)
         finally:
+            # moto's state is per process: leave it clean for other modules' servers
+            urllib.request.urlopen(
+                urllib.request.Request(url + "/moto-api/reset", data=b"", method="POST"),
+                timeout=30,
+            ).read()
             server.stop()
 
 

@@ -102,6 +102,9 @@ def moto_server() -> Iterator[Moto]:
 @pytest.fixture
 def moto(moto_server: Moto, monkeypatch: pytest.MonkeyPatch) -> Iterator[Moto]:
     monkeypatch.delenv("MOTO_SIMPLE_BATCH_FAIL_AFTER", raising=False)
+    # moto keeps its state per process, shared by every server in it: start clean even if
+    # another test module (e.g. the Prefect-on-AWS e2e test) ran its own server before us.
+    moto_server.post("/moto-api/reset")
     moto_server.batch_docker_mode(False)
     yield moto_server
     moto_server.enforce_auth(False)
