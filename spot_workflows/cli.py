@@ -123,7 +123,19 @@ def _print_attempts(summary: dict) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--html", "html_path", type=click.Path(path_type=Path), help="Write an HTML report.")
 @click.option("--prices", type=click.Path(exists=True, path_type=Path), help="Price override file.")
-def report(checkpoint_uris: tuple[str, ...], as_json: bool, html_path: Path | None, prices) -> None:
+@click.option(
+    "--aws-spot-prices",
+    "aws_region",
+    metavar="REGION",
+    help="Price AWS spot attempts at the region's current spot price (describe_spot_price_history).",
+)
+def report(
+    checkpoint_uris: tuple[str, ...],
+    as_json: bool,
+    html_path: Path | None,
+    prices,
+    aws_region: str | None,
+) -> None:
     """Cost, savings and interruptions of steps, from their ledgers.
 
     Each CHECKPOINT_URI is a step's checkpoint URI, or a prefix holding several steps.
@@ -132,7 +144,17 @@ def report(checkpoint_uris: tuple[str, ...], as_json: bool, html_path: Path | No
     from spot_workflows.report import run_report
     from spot_workflows.report_html import render_html
 
-    rep = _guard(lambda: run_report(checkpoint_uris, load_catalog(prices)))
+    catalog = _guard(lambda: load_catalog(prices))
+    if aws_region:
+        from spot_workflows.backends.aws_pricing import spot_price_override
+
+        known = sorted({p.instance_type for p in catalog.entries if p.provider == "aws"})
+        catalog = catalog.merged(
+            _guard(
+                lambda: spot_price_override(base=catalog, region=aws_region, instance_types=known)
+            )
+        )
+    rep = _guard(lambda: run_report(checkpoint_uris, catalog))
     if html_path is not None:
         html_path.write_text(render_html(rep))
         console.print(f"wrote {html_path}")

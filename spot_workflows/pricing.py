@@ -3,8 +3,9 @@
 Override: ``--prices FILE`` on the CLI, or the ``SPOT_WORKFLOWS_PRICES`` environment variable: a
 JSON file in the same shape as ``spot_workflows/data/prices.json`` whose entries replace matching
 (provider, instance type, region) entries. AWS spot prices can be refreshed from
-``describe_spot_price_history`` with :func:`spot_workflows.backends.aws_pricing` when credentials
-allow (AWS backend); otherwise the snapshot's typical spot prices are used.
+``describe_spot_price_history`` when credentials allow (``spot-workflows report
+--aws-spot-prices REGION``, :mod:`spot_workflows.backends.aws_pricing`); otherwise the
+snapshot's typical spot prices are used.
 """
 
 from __future__ import annotations

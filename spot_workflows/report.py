@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 
 from pydantic import BaseModel
 
-from spot_workflows.core.cost import PriceCatalog, StepCost, step_cost
+from spot_workflows.core.cost import CostTotals, PriceCatalog, StepCost, savings_pct, step_cost
 from spot_workflows.core.outcomes import Attempt
 from spot_workflows.errors import LedgerError
 from spot_workflows.ledger import LEDGER_PATH, LedgerDoc
@@ -31,20 +31,9 @@ class StepReport(BaseModel):
     checkpoints: list[CheckpointMark]
 
 
-class RunReport(BaseModel):
+class RunReport(CostTotals):
     generated_at: float
-    catalog_snapshot: str
     steps: list[StepReport]
-    total_usd: float
-    on_demand_equivalent_usd: float
-    savings_pct: float | None
-    gpu_hours: float
-    gpu_hours_lost: float
-    capacity_wait_hours: float
-    reclaims: int
-    reclaims_by_zone: dict[str, int]
-    reclaims_by_instance_type: dict[str, int]
-    unpriced: list[str]
 
 
 def read_ledger(store: CheckpointStore) -> LedgerDoc | None:
@@ -57,9 +46,9 @@ def read_ledger(store: CheckpointStore) -> LedgerDoc | None:
         raise LedgerError(f"ledger {store.uri}/{LEDGER_PATH} is unreadable: {exc}") from exc
 
 
-def find_step_stores(uri: str) -> list[CheckpointStore]:
+def find_step_stores(uri: str, storage_options: dict | None = None) -> list[CheckpointStore]:
     """``uri`` itself if it holds a ledger, else its immediate sub-prefixes that do."""
-    store = CheckpointStore(uri)
+    store = CheckpointStore(uri, storage_options=storage_options)
     if store.read(LEDGER_PATH) is not None:
         return [store]
     found = []
@@ -70,7 +59,7 @@ def find_step_stores(uri: str) -> list[CheckpointStore]:
     scheme = uri.split("://", 1)[0]
     for child in children:
         child_uri = f"{scheme}://{child}" if scheme != "file" else f"file://{child}"
-        sub = CheckpointStore(child_uri)
+        sub = CheckpointStore(child_uri, storage_options=storage_options)
         if sub.read(LEDGER_PATH) is not None:
             found.append(sub)
     if not found:
@@ -118,10 +107,18 @@ def step_report(
 
 
 def run_report(
-    uris: Iterable[str], catalog: PriceCatalog, *, now: float | None = None
+    uris: Iterable[str],
+    catalog: PriceCatalog,
+    *,
+    now: float | None = None,
+    storage_options: dict | None = None,
 ) -> RunReport:
     now = time.time() if now is None else now
-    steps = [step_report(s, catalog, now=now) for uri in uris for s in find_step_stores(uri)]
+    steps = [
+        step_report(s, catalog, now=now)
+        for uri in uris
+        for s in find_step_stores(uri, storage_options)
+    ]
     return combine(steps, catalog, now=now)
 
 
@@ -140,7 +137,7 @@ def combine(steps: Sequence[StepReport], catalog: PriceCatalog, *, now: float) -
         steps=list(steps),
         total_usd=total,
         on_demand_equivalent_usd=equivalent,
-        savings_pct=(100.0 * (1 - total / equivalent)) if equivalent > 0 else None,
+        savings_pct=savings_pct(total, equivalent),
         gpu_hours=sum(c.gpu_hours for c in costs),
         gpu_hours_lost=sum(c.gpu_hours_lost for c in costs),
         capacity_wait_hours=sum(c.capacity_wait_hours for c in costs),

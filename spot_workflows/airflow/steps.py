@@ -15,6 +15,7 @@ import hashlib
 import json
 import re
 import shlex
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -174,8 +175,13 @@ def step_summary(
     conn_id: str,
     console_url: str | None,
 ) -> dict[str, Any]:
-    """The compact, JSON-able summary the operator pushes to XCom."""
-    costs = [a.cost_usd for a in attempts if a.cost_usd is not None]
+    """The compact, JSON-able summary the operator pushes to XCom. Its ``cost`` block is the
+    same arithmetic and price catalog as ``spot-workflows report`` and the Prefect artifact."""
+    from spot_workflows.core.cost import step_cost
+    from spot_workflows.pricing import load_catalog
+    from spot_workflows.report import summary
+
+    cost = summary(step_cost(spec.key, attempts, load_catalog(), now=time.time()))
     capacities = [a.capacity.value for a in attempts]
     return {
         "step_key": spec.key,
@@ -190,6 +196,7 @@ def step_summary(
         "outcomes": [a.outcome.value if a.outcome else None for a in attempts],
         "escalated": Capacity.SPOT.value in capacities and Capacity.ON_DEMAND.value in capacities,
         "final_capacity": capacities[-1] if capacities else None,
-        "cost_usd": round(sum(costs), 4) if costs else None,
+        "cost_usd": cost["total_usd"] if not cost["unpriced"] else None,
+        "cost": cost,
         "console_url": console_url,
     }

@@ -95,12 +95,10 @@ class AttemptCost(BaseModel):
     on_demand_hourly_usd: float | None
 
 
-class StepCost(BaseModel):
-    step_key: str
-    attempts: list[AttemptCost]
+class CostTotals(BaseModel):
+    """Money, GPU-hours and reclaims, for one step (:class:`StepCost`) or a run of steps."""
+
     total_usd: float
-    spot_usd: float
-    on_demand_usd: float
     on_demand_equivalent_usd: float
     savings_pct: float | None
     gpu_hours: float
@@ -111,6 +109,17 @@ class StepCost(BaseModel):
     reclaims_by_instance_type: dict[str, int]
     unpriced: list[str]
     catalog_snapshot: str
+
+
+def savings_pct(total: float, equivalent: float) -> float | None:
+    return (100.0 * (1 - total / equivalent)) if equivalent > 0 else None
+
+
+class StepCost(CostTotals):
+    step_key: str
+    attempts: list[AttemptCost]
+    spot_usd: float
+    on_demand_usd: float
 
 
 def billed_hours(a: Attempt, now: float) -> float:
@@ -191,7 +200,7 @@ def step_cost(
         spot_usd=spot,
         on_demand_usd=od,
         on_demand_equivalent_usd=equivalent,
-        savings_pct=(100.0 * (1 - total / equivalent)) if equivalent > 0 else None,
+        savings_pct=savings_pct(total, equivalent),
         gpu_hours=gpu_h,
         gpu_hours_lost=gpu_lost,
         capacity_wait_hours=wait,

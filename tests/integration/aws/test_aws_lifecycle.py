@@ -11,6 +11,8 @@ from spot_workflows.config import SpotPolicy, StepSpec
 from spot_workflows.core.outcomes import AttemptState, Capacity, Outcome
 from spot_workflows.errors import StepFailedError
 from spot_workflows.ledger import Ledger
+from spot_workflows.pricing import load_catalog
+from spot_workflows.report import run_report
 from spot_workflows.runner import StepRunner
 
 RECLAIM = "Host EC2 (instance i-0f1e2d3c4b5a69788) terminated."
@@ -94,6 +96,17 @@ def test_reclaims_resume_from_the_checkpoint_on_spot_then_escalate_to_on_demand(
     # the ledger next to the checkpoints (on S3) tells the same story
     ledger = Ledger.open(store, spec.key)
     assert [a.outcome for a in ledger.attempts] == [a.outcome for a in result.attempts]
+
+    # ... and so does the cost report built from it
+    rep = run_report(["s3://ckpt"], load_catalog(), storage_options=infra.moto.s3_options)
+    (step,) = rep.steps
+    assert step.step_key == spec.key and rep.reclaims == 2
+    assert [a.capacity for a in step.cost.attempts] == [a.capacity for a in result.attempts]
+    for row in step.cost.attempts:  # priced from the catalog, or explicitly unpriced, never $0
+        assert row.cost_usd is None or row.hourly_usd > 0
+    assert len(rep.unpriced) == sum(
+        1 for row in step.cost.attempts if row.cost_usd is None and row.billed_hours > 0
+    )
 
 
 def test_app_error_is_retried_on_its_own_budget_not_the_preemption_budget(infra, market_factory):
