@@ -46,7 +46,12 @@ def iam_policy(
         {
             "Sid": "BatchRead",  # these actions support no resource-level permissions
             "Effect": "Allow",
-            "Action": ["batch:DescribeJobs", "batch:ListJobs", "batch:DescribeJobDefinitions"],
+            "Action": [
+                "batch:DescribeJobs",
+                "batch:ListJobs",
+                "batch:DescribeJobDefinitions",
+                "ec2:DescribeSpotPriceHistory",  # spot-workflows report --aws-spot-prices
+            ],
             "Resource": "*",
         },
         {

@@ -56,3 +56,10 @@ def test_override_from_a_real_ec2_endpoint(moto):
     merged = base.merged(override)
     for entry in override.entries:
         assert merged.find("aws", entry.instance_type, "us-east-1").spot == entry.spot
+
+
+def test_the_iam_policy_allows_reading_spot_prices():
+    from spot_workflows.backends.aws_iam import allows, iam_policy
+
+    policy = iam_policy(region="us-east-1", account="123456789012")
+    assert allows(policy, "ec2:DescribeSpotPriceHistory")
