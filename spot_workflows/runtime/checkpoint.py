@@ -9,6 +9,7 @@ and exits with :data:`RESERVED_EXIT_CODE` (75) so the attempt is classified PREE
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -24,8 +25,10 @@ from typing import Any, NoReturn
 
 from pydantic import BaseModel, ValidationError
 
+from spot_workflows.core.cadence import adaptive_interval, observed_mtbf
 from spot_workflows.core.outcomes import (
     RESERVED_EXIT_CODE,
+    Attempt,
     Capacity,
     NoticeKind,
     TerminationNotice,
@@ -91,6 +94,8 @@ class Checkpointer:
         step_key: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        adaptive: bool = False,
+        mtbf_s: float | None = None,
     ) -> None:
         if every_steps is not None and (isinstance(every_steps, bool) or every_steps < 1):
             raise ConfigError(f"every_steps must be an integer >= 1 or None, got {every_steps!r}")
@@ -113,6 +118,16 @@ class Checkpointer:
         self._notice: TerminationNotice | None = None
         self._previous_handler: Any = None
         self._installed = False
+        self.adaptive = adaptive
+        self.mtbf_s = mtbf_s
+        if adaptive:
+            if every_seconds is not None:
+                raise ConfigError(
+                    "adaptive cadence sets every_seconds itself: pass one or the other"
+                )
+            if self.mtbf_s is None:
+                self.mtbf_s = self._ledger_mtbf()
+            self.set_interval(adaptive_interval(None, self.mtbf_s))
         if handle_signals:
             self._install_handler()
 
@@ -193,6 +208,18 @@ class Checkpointer:
             and self._clock() - self._last_save_at >= self.every_seconds
         )
 
+    def _ledger_mtbf(self) -> float | None:
+        """Mean time between reclaims observed on this step's ledger (None before any)."""
+        raw = self.store.read("ledger.json")
+        if raw is None:
+            return None
+        try:
+            attempts = [Attempt.model_validate(a) for a in json.loads(raw).get("attempts", [])]
+        except (ValueError, TypeError, AttributeError):
+            log.warning("ledger.json unreadable; adaptive cadence uses its MTBF prior")
+            return None
+        return observed_mtbf(attempts, self._wall())
+
     @property
     def last_save_seconds(self) -> float | None:
         """How long the last successful save took (feeds interval policies such as Young/Daly)."""
@@ -238,6 +265,8 @@ class Checkpointer:
         )
         self._last_save_at = self._clock()
         self._last_save_seconds = self._last_save_at - started
+        if self.adaptive:  # Young/Daly from the measured save cost and the observed MTBF
+            self.set_interval(adaptive_interval(self._last_save_seconds, self.mtbf_s))
         self._last_step = step
         return manifest
 
