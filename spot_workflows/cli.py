@@ -40,8 +40,9 @@ def demo(as_json: bool, workdir: Path | None, steps: int) -> None:
 
     console.print(
         "[bold]spot-workflows demo[/]: a deterministic training step on the local backend's spot "
-        f"market (reclaims at {config.reclaims} s after start, {config.notice_window_s:.0f} s "
-        f"notice, preemption budget {config.preemption_budget})"
+        "market: spot attempts reclaimed at steps "
+        f"{', '.join(map(str, config.reclaim_at_steps))}, {config.notice_window_s:.0f} s notice, "
+        f"preemption budget {config.preemption_budget}"
     )
     progress = Progress(
         TextColumn("{task.description}"),

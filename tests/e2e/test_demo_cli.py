@@ -1,6 +1,7 @@
 """The README's demo command, run as a user would (the installed console script)."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -30,3 +31,21 @@ def test_demo_json(tmp_path):
     assert 0 < cost["total_usd"] < cost["on_demand_equivalent_usd"]
     for a in attempts:
         assert {"capacity", "outcome", "resumed_from_step", "steps_lost"} <= a.keys()
+
+
+def test_demo_human_output(tmp_path):
+    exe = shutil.which("spot-workflows") or str(Path(sys.executable).parent / "spot-workflows")
+    proc = subprocess.run(
+        [exe, "demo", "--workdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "120"},
+    )
+    out = " ".join((proc.stdout + proc.stderr).split())  # rich wraps to the terminal width
+    assert proc.returncode == 0, out
+    assert "reclaimed at steps 120, 240" in out
+    assert out.count("preempted") >= 2 and "escalated" in out
+    assert "attempts of demo-train" in out and "ON_DEMAND" in out
+    assert "bit-identical" in out and "MISMATCH" not in out
+    assert "savings" in out
