@@ -34,6 +34,7 @@ from pydantic import ValidationError
 
 from spot_workflows.config import validate_checkpoint_uri
 from spot_workflows.errors import CheckpointError, ConfigError, CorruptCheckpointError
+from spot_workflows.runtime import faults
 from spot_workflows.runtime.manifest import (  # noqa: F401  (re-exported)
     CheckpointWarning,
     Manifest,
@@ -62,6 +63,7 @@ def _chunks(value: bytes | Path) -> Iterator[bytes]:
 def _copy(chunks: Iterable[bytes], out: IO[bytes]) -> tuple[int, str]:
     digest, size = hashlib.sha256(), 0
     for chunk in chunks:
+        faults.writing(out, chunk)  # test-only fault injection; a no-op unless armed
         out.write(chunk)
         digest.update(chunk)
         size += len(chunk)
@@ -229,6 +231,7 @@ class CheckpointStore:
                 staged.append((final, self._tmp(final) if self._local else final))
                 written.append(ManifestFile(name, *self._write(staged[-1][1], value)))
             if self._local:
+                faults.reached("staged")
                 for final, tmp in staged:
                     os.replace(tmp, final)
                 for d in {posixpath.dirname(final) for final, _ in staged}:
@@ -245,6 +248,7 @@ class CheckpointStore:
         body = manifest.model_dump_json(indent=1, exclude_none=True).encode()
         self.write_atomic(f"step-{step}/{MANIFEST}", body)  # the checkpoint is visible from here
         self.write_atomic(LATEST, body)
+        faults.reached("tidy")
         self._tidy(manifest)
         self._prune()
         return manifest
