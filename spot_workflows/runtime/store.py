@@ -41,6 +41,7 @@ from spot_workflows.runtime.manifest import (  # noqa: F401  (re-exported)
     ManifestFile,
     check_name,
 )
+from spot_workflows.runtime.store_retry import RetryPolicy, is_storage_error
 
 log = logging.getLogger("spot_workflows.checkpoint")
 
@@ -79,6 +80,11 @@ def _fsync_dir(path: str) -> None:
             os.close(fd)
 
 
+def _best_effort(exc: Exception) -> bool:
+    """Errors that housekeeping after a save may swallow (it logs them instead)."""
+    return isinstance(exc, CheckpointError) or is_storage_error(exc)
+
+
 def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     return f"{'.'.join(str(p) for p in err['loc']) or 'document'}: {err['msg']}"
@@ -88,7 +94,12 @@ class CheckpointStore:
     """Atomic, verified checkpoints under one URI prefix; keeps the newest ``keep_last``."""
 
     def __init__(
-        self, uri: str, *, keep_last: int = 3, storage_options: dict[str, Any] | None = None
+        self,
+        uri: str,
+        *,
+        keep_last: int = 3,
+        storage_options: dict[str, Any] | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         try:
             self.uri: str = validate_checkpoint_uri(uri)
@@ -97,6 +108,7 @@ class CheckpointStore:
         if isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1:
             raise ConfigError(f"keep_last must be an integer >= 1, got {keep_last!r}")
         self.keep_last = keep_last
+        self.retry = retry or RetryPolicy()  # transient errors (throttling, 5xx) per object
         try:
             self.fs, root = fsspec.core.url_to_fs(self.uri, **(storage_options or {}))
         except ImportError as exc:
@@ -130,10 +142,14 @@ class CheckpointStore:
                 os.replace(tmp, path)
                 _fsync_dir(posixpath.dirname(path))
             else:  # a single PUT is atomic on object stores
-                self.fs.pipe_file(path, bytes(data))
-        except OSError as exc:
+                self.retry.call(lambda: self.fs.pipe_file(path, bytes(data)), what=path)
+        except Exception as exc:
+            if not is_storage_error(exc):
+                raise
             raise CheckpointError(
-                f"could not write {self.uri}/{relpath}: {exc}; check permissions and free space"
+                f"could not write {self.uri}/{relpath} ({self.retry.attempts} tries): "
+                f"{type(exc).__name__}: {exc}; check permissions, free space and the store's "
+                "availability, then retry"
             ) from exc
 
     def read(self, relpath: str) -> bytes | None:
@@ -142,15 +158,24 @@ class CheckpointStore:
 
     def _cat(self, path: str) -> bytes | None:
         try:
-            return self.fs.cat_file(path)
+            return self.retry.call(lambda: self.fs.cat_file(path), what=path)
         except (FileNotFoundError, IsADirectoryError):
             return None
-        except OSError as exc:
-            raise CheckpointError(f"could not read {path} in {self.uri}: {exc}") from exc
+        except Exception as exc:
+            if not is_storage_error(exc):
+                raise
+            raise CheckpointError(
+                f"could not read {path} in {self.uri}: {type(exc).__name__}: {exc}"
+            ) from exc
 
     # -- saving --------------------------------------------------------------------------------
 
     def _write(self, path: str, value: bytes | Path) -> tuple[int, str]:
+        """Write one object, retrying transient errors (not when streaming from a pipe)."""
+        again = isinstance(value, bytes) or value.is_file()
+        return self.retry.call(lambda: self._write_once(path, value), what=path, retry=again)
+
+    def _write_once(self, path: str, value: bytes | Path) -> tuple[int, str]:
         """Stream ``value`` to ``path``, hashing as it goes; fsync on local disks."""
         if not self._local:
             self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
@@ -236,18 +261,24 @@ class CheckpointStore:
                     os.replace(tmp, final)
                 for d in {posixpath.dirname(final) for final, _ in staged}:
                     _fsync_dir(d)
-        except OSError as exc:
+        except Exception as exc:
+            if not is_storage_error(exc):
+                raise
             for final, tmp in staged:
                 if tmp != final:
                     Path(tmp).unlink(missing_ok=True)
             raise CheckpointError(
-                f"could not write checkpoint step {step} to {self.uri}: {exc}. The previous "
-                "checkpoint is intact; check free space and permissions, then retry."
+                f"could not write checkpoint step {step} to {self.uri} ({self.retry.attempts} "
+                f"tries per object): {type(exc).__name__}: {exc}. The previous checkpoint is "
+                "intact; check free space, permissions and the store's availability, then retry."
             ) from exc
         manifest = draft.model_copy(update={"files": written, "created_at": time.time()})
         body = manifest.model_dump_json(indent=1, exclude_none=True).encode()
         self.write_atomic(f"step-{step}/{MANIFEST}", body)  # the checkpoint is visible from here
-        self.write_atomic(LATEST, body)
+        try:  # latest.json is only a hint for cheap readers: the step manifest is authoritative
+            self.write_atomic(LATEST, body)
+        except CheckpointError as exc:
+            log.warning("checkpoint step %d saved, but %s; readers scan step dirs", step, exc)
         faults.reached("tidy")
         self._tidy(manifest)
         self._prune()
@@ -265,7 +296,9 @@ class CheckpointStore:
                 for d in sorted(Path(self._path(sdir)).rglob("*"), reverse=True):
                     if d.is_dir() and not any(d.iterdir()):
                         d.rmdir()
-        except OSError as exc:  # best-effort
+        except Exception as exc:  # best-effort: the checkpoint is already saved
+            if not _best_effort(exc):
+                raise
             log.debug("could not tidy %s/%s: %s", self.uri, sdir, exc)
 
     def _prune(self) -> None:
@@ -281,7 +314,9 @@ class CheckpointStore:
                 log.debug("pruning checkpoint step %d in %s", step, self.uri)
                 self._rm_quiet(self._path(f"step-{step}/{MANIFEST}"))  # invisible first
                 self.fs.rm(self._path(f"step-{step}"), recursive=True)
-        except OSError as exc:
+        except Exception as exc:  # best-effort: never report a saved checkpoint as failed
+            if not _best_effort(exc):
+                raise
             log.warning("could not prune old checkpoints in %s: %s", self.uri, exc)
 
     def _rm_quiet(self, path: str) -> None:
