@@ -263,12 +263,18 @@ class Checkpointer:
         manifest = self.store.save(
             step, files, progress=progress, metadata=self._metadata(metadata, emergency=emergency)
         )
+        self.record_save(step, self._clock() - started)
+        return manifest
+
+    def record_save(self, step: int, seconds: float) -> None:
+        """Count a save of ``step`` that blocked training ``seconds`` (the cadence restarts; the
+        adaptive interval uses it). ``save()`` calls it; so does the async checkpointer, with
+        its stall time, when it takes a snapshot."""
         self._last_save_at = self._clock()
-        self._last_save_seconds = self._last_save_at - started
+        self._last_save_seconds = seconds
         if self.adaptive:  # Young/Daly from the measured save cost and the observed MTBF
             self.set_interval(adaptive_interval(self._last_save_seconds, self.mtbf_s))
         self._last_step = step
-        return manifest
 
     def save(
         self,
@@ -322,6 +328,13 @@ class Checkpointer:
         When the save fails or finishes after the deadline, the report is logged as an ERROR and
         also written (best-effort) to ``emergency-<step>.json`` in the store.
         """
+        return self.run_emergency_save(
+            step, lambda: self._save(step, files, progress, metadata, emergency=True)
+        )
+
+    def run_emergency_save(self, step: int, save: Callable[[], object]) -> EmergencySaveReport:
+        """Run ``save()`` as the emergency save of ``step``, timed against the notice deadline
+        and reported like :meth:`emergency_save` (the async checkpointer's flush uses this)."""
         notice = self.notice
         deadline = None
         if notice is not None and notice.deadline is not None:
@@ -330,7 +343,7 @@ class Checkpointer:
         started = self._wall()
         error = None
         try:
-            self._save(step, files, progress, metadata, emergency=True)
+            save()
         except Exception as exc:  # the report must carry any failure, whatever it is
             error = f"{type(exc).__name__}: {exc}"
         finished = self._wall()
