@@ -158,14 +158,26 @@ def spawn(job: dict, shared: Shared) -> int:
     return pid
 
 
-def wait(pid: int, *, kill_after: float | None = None, shared: Shared | None = None) -> int:
-    """Wait for the worker; SIGKILL it ``kill_after`` s after start (or after its emergency save
-    began, when ``shared`` is given). Returns the wait status."""
+def wait(
+    pid: int,
+    *,
+    kill_after: float | None = None,
+    shared: Shared | None = None,
+    at_step: int | None = None,
+) -> int:
+    """Wait for the worker; SIGKILL it ``kill_after`` s after it reached step ``at_step`` (or
+    after its emergency save began, when ``at_step`` is None). Returns the wait status."""
     fd = os.pidfd_open(pid)
     try:
-        if shared is not None and kill_after is not None:  # notice-timer: wait for the save
-            while shared.get(PHASE) != PHASES.index("emergency"):
-                if select.select([fd], [], [], 0.0005)[0]:
+        if shared is not None and kill_after is not None:  # wait for the moment, then the timer
+
+            def there() -> bool:
+                if at_step is None:
+                    return shared.get(PHASE) == PHASES.index("emergency")
+                return shared.get(REACHED) >= at_step
+
+            while not there():
+                if select.select([fd], [], [], 0.0003)[0]:
                     break
         if kill_after is not None and not select.select([fd], [], [], kill_after)[0]:
             with contextlib.suppress(ProcessLookupError):
@@ -183,17 +195,16 @@ def saves_from(start: int, steps: int, every: int) -> int:
 
 
 def plan_attempt(rng: random.Random, *, start: int, steps: int, every: int, force_kill: bool):
-    mode = rng.choices(
-        ("phase", "timer", "notice", "notice-kill", "notice-timer"),
-        weights=(40, 20, 0 if force_kill else 15, 15, 10),
-    )[0]
+    modes = ("phase", "timer", "notice", "notice-kill", "notice-timer")
+    weights = (40, 20, 15, 15, 10) if not force_kill else (40, 0, 0, 15, 0)  # sure to kill
+    mode = rng.choices(modes, weights=weights)[0]
     job: dict = {"mode": mode}
     if mode == "phase":
         point = rng.choice(SAVE_POINTS)
         arrivals = saves_from(start, steps, every) * PER_SAVE[point]
         job.update(point=point, fault=f"{point}:{rng.randint(1, max(1, arrivals))}")
-    elif mode == "timer":
-        job["timer_frac"] = rng.random()
+    elif mode == "timer":  # at a random moment of a random step (compute or save)
+        job.update(timer_step=rng.randint(start, steps - 1), timer_frac=rng.random())
     else:
         job["notice_step"] = rng.randint(start + 1, steps) if start < steps else None
         if mode == "notice-kill":
@@ -244,15 +255,14 @@ class Lab:
         while True:
             number = len(attempts) + 1
             start = max(previous, 0)
-            killed_yet = any(a["killed"] for a in attempts)
-            interrupt = start < steps and (len(attempts) < planned or not killed_yet)
+            interrupt = start < steps and len(attempts) < planned
             plan = (
                 plan_attempt(
                     rng,
                     start=start,
                     steps=steps,
                     every=every,
-                    force_kill=not killed_yet and len(attempts) >= planned - 1,
+                    force_kill=not attempts,
                 )
                 if interrupt
                 else {"mode": "clean"}
@@ -263,8 +273,8 @@ class Lab:
             t0 = time.perf_counter()
             pid = spawn(job, self.shared)
             if plan["mode"] == "timer":
-                guess = 0.004 + self.step_s * (steps - start)
-                status = wait(pid, kill_after=plan["timer_frac"] * 1.2 * guess)
+                delay = plan["timer_frac"] * self.step_s
+                status = wait(pid, kill_after=delay, shared=self.shared, at_step=plan["timer_step"])
             elif plan["mode"] == "notice-timer":
                 status = wait(pid, kill_after=plan["timer_s"], shared=self.shared)
             else:
