@@ -15,11 +15,13 @@ from spot_workflows.core.outcomes import Capacity
 
 _STEP_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]{0,199}$")
 _SCHEMES = ("file://", "s3://", "gs://", "memory://")
+_URI_BAD_CHARS = re.compile(r"[\\\x00-\x1f\x7f]")
+_PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
 
 
 def validate_step_key(value: str) -> str:
     """A step key is one path segment: letters, digits, ``._=-``; no ``/``, no ``..``."""
-    if not _STEP_KEY.match(value) or ".." in value:
+    if not isinstance(value, str) or not _STEP_KEY.fullmatch(value) or ".." in value:
         raise ValueError(
             f"step key {value!r} must be 1-200 characters of letters, digits, '.', '_', '=' or '-', "
             "start with a letter or digit, and contain no '/' or '..'"
@@ -29,14 +31,29 @@ def validate_step_key(value: str) -> str:
 
 def validate_checkpoint_uri(value: str) -> str:
     """Checkpoint URIs are ``file://``, ``s3://``, ``gs://`` (or ``memory://`` in tests) prefixes."""
-    if not value.startswith(_SCHEMES):
+    if not isinstance(value, str) or not value.startswith(_SCHEMES):
         raise ValueError(
             f"checkpoint URI {value!r} must start with one of {', '.join(_SCHEMES)} "
             "(e.g. file:///data/ckpt/my-step or s3://bucket/ckpt/my-step)"
         )
-    path = value.split("://", 1)[1]
-    if any(part == ".." for part in path.split("/")):
-        raise ValueError(f"checkpoint URI {value!r} must not contain '..' segments")
+    scheme, path = value.split("://", 1)
+    if _URI_BAD_CHARS.search(value) or _PERCENT.search(value):
+        raise ValueError(
+            f"checkpoint URI {value!r} must not contain backslashes, control characters (NUL, "
+            "newline) or percent-encoding (%2e, %2f, ...); write the path plainly"
+        )
+    if any(part in (".", "..") for part in path.split("/")):
+        raise ValueError(f"checkpoint URI {value!r} must not contain '.' or '..' segments")
+    if scheme == "file" and not path.startswith("/"):
+        raise ValueError(
+            f"checkpoint URI {value!r} must name an absolute path: file:///abs/path "
+            "(three slashes; file://x is resolved against the current directory)"
+        )
+    if not path.strip("/") or (path.startswith("/") and scheme in ("s3", "gs")):
+        raise ValueError(
+            f"checkpoint URI {value!r} must name a bucket or directory below the root "
+            "(e.g. file:///data/ckpt/my-step or s3://bucket/ckpt/my-step)"
+        )
     return value.rstrip("/")
 
 

@@ -48,6 +48,7 @@ from spot_workflows.core.outcomes import (
     Outcome,
     TerminationNotice,
 )
+from spot_workflows.errors import SpotWorkflowsError
 
 log = logging.getLogger("spot_workflows.aws.events")
 
@@ -59,7 +60,7 @@ SPOT_NOTICE_WINDOW = timedelta(minutes=2)
 SOURCE = "eventbridge"
 
 
-class MalformedEvent(ValueError):
+class MalformedEvent(SpotWorkflowsError, ValueError):
     """A message that is not one of the three EventBridge events this package consumes."""
 
 
@@ -138,7 +139,25 @@ def parse_event(
     received_at: datetime | None = None,
     noticed_jobs: Iterable[str] = (),
 ) -> Event:
-    """One EventBridge envelope -> notice or job event; :class:`MalformedEvent` otherwise."""
+    """One EventBridge envelope -> notice or job event; :class:`MalformedEvent` otherwise.
+
+    Messages are untrusted input: whatever their shape, nothing but MalformedEvent escapes.
+    """
+    try:
+        return _parse_event(envelope, index, received_at, noticed_jobs)
+    except MalformedEvent:
+        raise
+    except Exception as exc:  # junk values: wrong types, dates at the end of time, ...
+        kind = envelope.get("detail-type") if isinstance(envelope, Mapping) else None
+        raise MalformedEvent(f"unusable {kind!r} event: {type(exc).__name__}: {exc}") from exc
+
+
+def _parse_event(
+    envelope: Any,
+    index: StepIndex | None,
+    received_at: datetime | None,
+    noticed_jobs: Iterable[str],
+) -> Event:
     if not isinstance(envelope, Mapping):
         raise MalformedEvent(f"not a JSON object: {type(envelope).__name__}")
     kind, detail = envelope.get("detail-type"), envelope.get("detail")
@@ -258,18 +277,17 @@ class EventConsumer:
         return events
 
     def _parse(self, msg: Mapping[str, Any]) -> Event | None:
-        sent = (msg.get("Attributes") or {}).get("SentTimestamp")
-        received = (
-            datetime.fromtimestamp(int(sent) / 1000, tz=UTC)
-            if str(sent or "").isdigit()
-            else datetime.fromtimestamp(self.clock(), tz=UTC)
-        )
+        sent = str((msg.get("Attributes") or {}).get("SentTimestamp") or "")
+        try:
+            received = datetime.fromtimestamp(int(sent[:16]) / 1000, tz=UTC)
+        except (ValueError, OverflowError, OSError):  # missing or absurd: use our own clock
+            received = datetime.fromtimestamp(self.clock(), tz=UTC)
         try:
             body = json.loads(msg.get("Body") or "")
             event = parse_event(
                 body, index=self.index, received_at=received, noticed_jobs=self._noticed_jobs
             )
-        except (ValueError, TypeError) as exc:  # MalformedEvent, JSON, pydantic validation
+        except (ValueError, TypeError, RecursionError) as exc:  # MalformedEvent, deep/bad JSON
             self.stats.malformed += 1
             log.warning(
                 "dropping malformed event message %s: %s (body starts %r)",

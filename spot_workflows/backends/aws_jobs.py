@@ -17,7 +17,7 @@ from typing import Any
 from spot_workflows.config import StepSpec
 from spot_workflows.core.classify import aws_reclaimed_instance, classify_aws
 from spot_workflows.core.outcomes import AttemptState, Observation, Outcome
-from spot_workflows.errors import ConfigError
+from spot_workflows.errors import BackendError, ConfigError
 
 RECLAIM_RETRY_GLOB = "Host EC2*"
 """``onStatusReason`` glob of a Batch-level in-place retry of reclaimed jobs (trailing * only)."""
@@ -107,29 +107,41 @@ def job_definition_name(prefix: str, step_key: str, body: Mapping[str, Any]) -> 
 
 
 def _ms(value: Any) -> float | None:
-    return value / 1000.0 if isinstance(value, int | float) and value > 0 else None
+    """Epoch milliseconds -> seconds; None for junk (bools, NaN, <= 0, past year 300000)."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 1e16
+    return value / 1000.0 if ok else None
 
 
 def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _map(value: Any) -> Mapping[str, Any]:
+    """``value`` if it is a JSON object, else an empty one (events are untrusted input)."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def _attempts(job: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    raw = job.get("attempts")
+    return [a for a in raw if isinstance(a, Mapping)] if isinstance(raw, list | tuple) else []
+
+
 def _reason(job: Mapping[str, Any]) -> tuple[str | None, str | None]:
     """(reason to classify, container reason): a reclaim reason anywhere wins."""
-    container = job.get("container") or {}
-    attempts = [a for a in job.get("attempts") or [] if isinstance(a, Mapping)]
+    container = _map(job.get("container"))
+    attempts = _attempts(job)
     last = attempts[-1] if attempts else {}
     candidates = [
         job.get("statusReason"),
         last.get("statusReason"),
         container.get("reason"),
-        (last.get("container") or {}).get("reason"),
+        _map(last.get("container")).get("reason"),
     ]
     texts = [c for c in candidates if isinstance(c, str) and c.strip()]
     for text in texts:
         if aws_reclaimed_instance(text):
             return text, None
-    cont = container.get("reason") or (last.get("container") or {}).get("reason")
+    cont = container.get("reason") or _map(last.get("container")).get("reason")
     return (texts[0] if texts else None), cont if isinstance(cont, str) else None
 
 
@@ -138,14 +150,16 @@ def observation_from_job(job: Mapping[str, Any], *, notice_seen: bool = False) -
 
     The reason is the job's ``statusReason`` (or a ``Host EC2 ... terminated.`` reason found in
     the last attempt); a more specific ``container.reason`` (``CannotStartContainerError...``)
-    can turn an app error into an infrastructure fault.
+    can turn an app error into an infrastructure fault. Raises BackendError for a non-object.
     """
-    container = job.get("container") or {}
-    attempts = [a for a in job.get("attempts") or [] if isinstance(a, Mapping)]
+    if not isinstance(job, Mapping):
+        raise BackendError(f"a Batch job must be a JSON object, got {type(job).__name__}")
+    container = _map(job.get("container"))
+    attempts = _attempts(job)
     last = attempts[-1] if attempts else {}
     exit_code = _int(container.get("exitCode"))
     if exit_code is None:
-        exit_code = _int((last.get("container") or {}).get("exitCode"))
+        exit_code = _int(_map(last.get("container")).get("exitCode"))
     reason, container_reason = _reason(job)
     status = str(job.get("status") or "")
     state, outcome = classify_aws(status, reason, exit_code, notice_seen=notice_seen)
@@ -172,9 +186,9 @@ def observation_from_job(job: Mapping[str, Any], *, notice_seen: bool = False) -
 
 def container_instance_arn(job: Mapping[str, Any]) -> str | None:
     """The ECS container instance that ran the job's last attempt, when Batch reports one."""
-    attempts = [a for a in job.get("attempts") or [] if isinstance(a, Mapping)]
-    arn = (attempts[-1].get("container") or {}).get("containerInstanceArn") if attempts else None
-    arn = arn or (job.get("container") or {}).get("containerInstanceArn")
+    attempts = _attempts(job)
+    arn = _map(attempts[-1].get("container")).get("containerInstanceArn") if attempts else None
+    arn = arn or _map(job.get("container")).get("containerInstanceArn")
     return arn if isinstance(arn, str) and cluster_of(arn) else None
 
 
@@ -187,7 +201,8 @@ def cluster_of(container_instance: str) -> str | None:
 def env_of(job: Mapping[str, Any]) -> dict[str, str]:
     """The container environment of a job as a dict."""
     out = {}
-    for item in (job.get("container") or {}).get("environment") or []:
+    env = _map(job.get("container")).get("environment")
+    for item in env if isinstance(env, list | tuple) else []:
         if isinstance(item, Mapping) and isinstance(item.get("name"), str):
             out[item["name"]] = str(item.get("value", ""))
     return out
