@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 
+from reclaimer import reclaim_after_shards
+
 from spot_workflows.examples.toy_train import reference
 from spot_workflows.ledger import Ledger
 from spot_workflows.runtime.store import CheckpointStore
@@ -92,3 +94,33 @@ def test_resume_dag_branches_to_on_demand_after_the_sensor_sees_the_reclaim(run_
     ledger = Ledger.open(CheckpointStore(summary["checkpoint_uri"]), summary["step_key"])
     assert ledger.attempts[1].resumed_from_step > 0
     assert final_checksum(conn["state_dir"], ledger.attempts[1].job_id) == reference(300, 7)
+
+
+def test_etl_dag_resumes_at_the_next_shard_and_outputs_every_row_once(
+    run_dag, local_conn, tmp_path
+):
+    conn = local_conn(notice_window_s=1.0, grace_s=5)
+    reclaimed = reclaim_after_shards(conn["state_dir"], conn["checkpoint_root"], shards=3)
+    result = run_dag(
+        "spot_etl_preprocess",
+        spot_conn_id=conn["conn_id"],
+        rows=120_000,
+        rows_per_file=5_000,
+        workers=2,
+        delay_s=0.1,  # each worker has >= 2.4 s of batches: the reclaim lands mid-work
+        data_dir=str(tmp_path / "raw"),
+        output_dir=str(tmp_path / "out"),
+    )
+
+    assert result.state == "success" and "job_id" in reclaimed, reclaimed
+    summary = result.xcom("preprocess")
+    assert summary["capacities"] == ["SPOT", "SPOT"]
+    assert summary["outcomes"] == ["PREEMPTED", "SUCCEEDED"]
+    attempts = Ledger.open(CheckpointStore(summary["checkpoint_uri"]), summary["step_key"]).attempts
+    assert 3 <= (attempts[1].resumed_from_step or 0) < 24  # resumed at the next unfinished shard
+    log = (conn["state_dir"] / "jobs" / attempts[1].job_id / "output.log").read_text()
+    checked = json.loads([line for line in log.splitlines() if '"verified"' in line][-1])
+    assert checked["verified"] is True and checked["mismatched"] == []
+    assert checked["rows"] == checked["distinct_rows"] == 120_000
+    totals = result.xcom("load")
+    assert totals["rows"] == 120_000 and totals["files"] == 24 and totals["tokens"] > 120_000

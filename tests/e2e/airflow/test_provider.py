@@ -27,9 +27,18 @@ def test_provider_manager_sees_the_provider_and_its_parts():
     assert pm.field_behaviours["spot_local"]["hidden_fields"][:2] == ["host", "schema"]
 
 
-def test_airflow_dags_test_runs_an_example_dag_from_a_shell(airflow_db, local_conn):
+def test_airflow_dags_test_runs_an_example_dag_from_a_shell(airflow_db, local_conn, tmp_path):
     conn = local_conn(conn_id="spot_local_cli")
-    conf = json.dumps({"spot_conn_id": conn["conn_id"], "shards": 3, "rows": 500})
+    conf = json.dumps(
+        {
+            "spot_conn_id": conn["conn_id"],
+            "rows": 3000,
+            "rows_per_file": 1000,
+            "workers": 1,
+            "data_dir": str(tmp_path / "raw"),
+            "output_dir": str(tmp_path / "out"),
+        }
+    )
     proc = subprocess.run(
         [sys.executable, "-m", "airflow", "dags", "test", "spot_etl_preprocess", "-c", conf],
         capture_output=True,
@@ -40,5 +49,5 @@ def test_airflow_dags_test_runs_an_example_dag_from_a_shell(airflow_db, local_co
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "dag_id=spot_etl_preprocess" in out and "state=success" in out, out[-3000:]
-    assert "3 shards: {'rows': 1500" in out  # the load task read the step's last checkpoint
+    assert "loaded {'rows': 3000, 'files': 3" in out  # the load task read the step's outputs
     assert len(list((conn["state_dir"] / "jobs").iterdir())) == 1

@@ -11,6 +11,7 @@ import yaml
 from prefect import flow
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.events.schemas.automations import AutomationCore
+from reclaimer import reclaim_after_shards
 
 from spot_workflows.core.outcomes import Capacity, Outcome
 from spot_workflows.ledger import Ledger
@@ -180,18 +181,24 @@ def test_no_capacity_escalation_fires_the_example_automation(tmp_path, client, w
     assert "prefect.automation.action.executed" in [e.event for e in fired], fired
 
 
-def test_etl_example_resumes_at_the_next_shard(tmp_path):
+def test_etl_example_resumes_at_the_next_shard_and_outputs_every_row_once(tmp_path):
     module = load_flow_module("spot_etl")
+    reclaimed = reclaim_after_shards(tmp_path / "backend", tmp_path / "checkpoints", shards=3)
     summary = module.spot_etl(
-        shards=8,
-        rows_per_shard=300,
-        shard_seconds=0.5,
-        reclaim_after_s=[3.0],
+        rows=120_000,
+        rows_per_file=5_000,
+        workers=2,
+        reclaim_after_s=[],  # reclaimed by progress instead (above), whatever the machine's load
+        delay_s=0.1,
         workdir=str(tmp_path),
     )
+    assert "job_id" in reclaimed, reclaimed
     outcomes = [(a["capacity"], a["outcome"]) for a in summary["attempts"]]
     assert outcomes == [("SPOT", "PREEMPTED"), ("SPOT", "SUCCEEDED")]
-    assert 0 < summary["attempts"][1]["resumed_from_shard"] < 8
-    assert summary["rows"] == 8 * 300
-    vocab = json.loads(Path(tmp_path / "clean" / "vocab.json").read_text())
-    assert "the" not in vocab and vocab  # stopwords dropped
+    assert 3 <= summary["attempts"][1]["resumed_from_shards_done"] < 24
+    assert summary["rows"] == 120_000 and summary["files"] == 24
+    ledger = Ledger.open(CheckpointStore(summary["checkpoint_uri"]), summary["step_key"])
+    job = ledger.attempts[-1].job_id
+    log = next((tmp_path / "backend").glob(f"**/jobs/{job}/output.log")).read_text()
+    checked = json.loads([line for line in log.splitlines() if '"verified"' in line][-1])
+    assert checked["verified"] is True and checked["distinct_rows"] == 120_000
