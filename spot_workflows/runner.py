@@ -160,6 +160,9 @@ class StepRunner:
             live = self.ledger.set_job_id(live, job_id)
             self._emit("reattached", live, f"found job {job_id} by name {live.job_name}")
         obs = self.backend.describe([live.job_id]).get(live.job_id)
+        if live.stopping is not None and (obs is None or obs.outcome is Outcome.CANCELLED):
+            self._finish_stopped(live, live.stopping, live.reason or "stopped by spot-workflows")
+            return
         if obs is None:
             self.ledger.finish(
                 live,
@@ -199,17 +202,22 @@ class StepRunner:
         elif decision.action is Action.CANCEL:
             live = self.ledger.live
             assert live is not None and live.job_id is not None and decision.outcome is not None
+            # write-ahead: a re-run after a crash past the cancel records what was meant here
+            live = self.ledger.update(
+                live.model_copy(update={"stopping": decision.outcome, "reason": decision.reason})
+            )
             self.backend.cancel(live.job_id, reason=f"{CANCEL_REASON_PREFIX} {decision.reason}")
             if live.state is AttemptState.RUNNING:
                 self._await_exit(live)
-            live = self.ledger.finish(
-                live, decision.outcome, now=self.clock(), reason=decision.reason
-            )
-            if live.started_at is not None:
-                live = self._record_last_checkpoint(live)
-            self._emit(_OUTCOME_EVENTS[decision.outcome], live, decision.reason)
+            self._finish_stopped(live, decision.outcome, decision.reason)
         elif decision.action is Action.FAIL:
             self._emit("failed", None, decision.reason)
+
+    def _finish_stopped(self, live: Attempt, outcome: Outcome, reason: str) -> None:
+        live = self.ledger.finish(live, outcome, now=self.clock(), reason=reason)
+        if live.started_at is not None:
+            live = self._record_last_checkpoint(live)
+        self._emit(_OUTCOME_EVENTS[outcome], live, reason)
 
     def _await_exit(self, attempt: Attempt) -> None:
         """Wait (bounded) for a stopped attempt's worker to exit, so its emergency checkpoint is

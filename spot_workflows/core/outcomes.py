@@ -85,6 +85,10 @@ class Attempt(BaseModel):
     last_checkpoint_step: int | None = None  # newest durable checkpoint when the attempt ended
     last_checkpoint_at: float | None = None  # its creation time (epoch seconds)
     cost_usd: float | None = None
+    stopping: Outcome | None = None
+    """Written (ahead) when spot-workflows cancels the attempt: the outcome it is recording, so
+    a runner killed between the cancel and its record does not read its own cancel back as a
+    cancel from outside."""
 
     @property
     def live(self) -> bool:
