@@ -172,6 +172,36 @@ class Situation:
         """No attempt makes progress or holds capacity: none live, or SPOT waiting for capacity."""
         return not self.on_spot and not self.on_demand
 
+    def can_wait(self) -> bool:
+        """Exact safety net for idling: after one more idle tick, ON_DEMAND (one restart ``d``)
+        still finishes the work left by the deadline."""
+        if self.deadline_at is None:
+            return True
+        left, work, tick = self.time_left_s, self.work_left_s, self.tick_s
+        if tick <= 0:
+            return work + self.overhead_s < left
+        return _ticks_for(work + self.overhead_s, tick) <= _ticks_in(left, tick) - 1
+
+    def can_take_spot(self) -> bool:
+        """Exact safety net for starting SPOT now (restart ``d``): however soon it is reclaimed,
+        an ON_DEMAND restart afterwards still finishes by the deadline. A reclaim comes at the
+        earliest one tick after the start; after the restart, each tick on SPOT buys as much
+        work as it spends time, so only the ticks of the restart itself need checking."""
+        if self.deadline_at is None:
+            return True
+        left, work, d, tick = self.time_left_s, self.work_left_s, self.overhead_s, self.tick_s
+        if tick <= 0:
+            return work + 2 * d <= left
+        ticks = _ticks_in(left, tick)
+        j = 1
+        while True:
+            done = max(0.0, j * tick - d)
+            if _ticks_for(work - done + d, tick) > ticks - j:
+                return False
+            if j * tick >= d:
+                return True
+            j += 1
+
     def must_commit(
         self, margin_s: float, *, work_left_s: float | None = None, at: float | None = None
     ) -> bool:
@@ -185,6 +215,16 @@ class Situation:
         if self.tick_s <= 0:
             return need >= left
         return math.ceil(need / self.tick_s - _EPS) >= math.floor(left / self.tick_s + _EPS)
+
+
+def _ticks_for(seconds: float, tick: float) -> int:
+    """Whole ticks needed to do ``seconds`` of work."""
+    return math.ceil(seconds / tick - _EPS)
+
+
+def _ticks_in(seconds: float, tick: float) -> int:
+    """Whole ticks that fit in ``seconds``."""
+    return math.floor(seconds / tick + _EPS)
 
 
 def situation(

@@ -25,7 +25,8 @@ SPOT, OD = Capacity.SPOT, Capacity.ON_DEMAND
 # Shapes come from an age-aware dynamic program over a semi-Markov model of spot availability
 # (up and down periods both have decreasing hazards: the longer spot has been up, the longer it
 # will stay; the longer it has been down, the longer it stays down). Its thresholds are close to
-# linear in the time left, so they are expressed as fractions of R (docs/policies.md).
+# linear in the time left, so they are expressed as fractions of R (docs/policies.md). Safety
+# does not rest on them: it is the exact tick-level check of Situation.can_wait/can_take_spot.
 WAIT_BASE = 0.07
 """Idle without spot: wait while the spare slack is at least this fraction of the time left..."""
 WAIT_PER_OVERHEAD_HOUR = 0.4
@@ -37,11 +38,18 @@ SWITCH_PER_OVERHEAD_HOUR = 1.2
 """On ON_DEMAND with spot back: switch when spare slack >= R x this x d (hours), decaying..."""
 SWITCH_AGE_DECAY_S = 0.5 * HOUR
 """...exponentially with how long spot has been back: old spot sessions tend to last."""
+FRESH_OUTAGE_FACTOR = 0.5
+"""In the first decision period of an outage, when a restart takes longer than a period (d > tau),
+the wait reserve is this fraction of the usual one: an outage that has just begun is the likeliest
+to end at once, and waiting one period then spends less slack than an ON_DEMAND restart followed by
+a switch back."""
+GUARD_OVERHEADS = 1.0
+"""Spare slack is the slack minus this many restart overheads (the reserves above are on top)."""
 
 
 def _guard(sit: Situation) -> float:
-    """Slack that must remain to absorb one more restart plus a reclaim: 2d + one tick."""
-    return 2 * sit.overhead_s + sit.tick_s
+    """Slack set aside before any reserve: one restart overhead."""
+    return GUARD_OVERHEADS * sit.overhead_s
 
 
 def _hours(seconds: float) -> float:
@@ -50,43 +58,51 @@ def _hours(seconds: float) -> float:
 
 @register("deadline", live=True)
 def deadline_aware(history: History, policy: SpotPolicy, now: float) -> Choice:
-    """Cheapest while never late: spend slack where spot is likely, commit to ON_DEMAND at the end.
+    """Cheapest while never late: spend slack where spot is likely, ON_DEMAND only when needed.
 
     1. Running on spot: stay until reclaimed.
-    2. Final phase: when the work left plus 2d no longer fits the ticks left, ON_DEMAND to the end.
-    3. On ON_DEMAND and spot is back: switch when the spare slack (s - 2d - tau) covers a reserve
-       of R x 1.2 x d[h] x exp(-a / 0.5 h); else stay. (Spare slack >= 0 keeps a reclaim of the
-       new spot attempt safe: after its restart at least d + tau is left for ON_DEMAND.)
+    2. Safety net (exact, in whole ticks): SPOT is entered only if an ON_DEMAND restart after a
+       reclaim at any later tick still finishes in time, and idling only while one more idle
+       tick keeps ON_DEMAND feasible; otherwise ON_DEMAND to the end.
+    3. On ON_DEMAND and spot is back: switch when the spare slack (s - d) covers a reserve of
+       R x 1.2 x d[h] x exp(-a / 0.5 h); else stay.
     4. Idle and spot is available: take it.
     5. Idle without spot: wait while the spare slack is at least R x (0.07 + 0.4 x d[h]) x
-       (1 + 0.25 x a[h]); else go ON_DEMAND. On ON_DEMAND without spot: stay.
+       (1 + 0.25 x a[h]) (half that in an outage's first tick when d > tau); else go ON_DEMAND.
+       On ON_DEMAND without spot: stay.
     """
     sit = _need(history)
     if sit.on_spot:
         return Choice(SPOT, "running on SPOT; staying until reclaimed")
-    if sit.must_commit(2 * sit.overhead_s):
-        return _final(sit)
     spare = sit.slack_s - _guard(sit)
     r = max(sit.time_left_s, 0.0)
-    age = min(sit.spot_age_s, AGE_CAP_S)
     d_h = _hours(sit.overhead_s)
     if sit.spot_available:
+        if not sit.can_take_spot():
+            return _final(sit)
         if not sit.on_demand:
             return Choice(SPOT, f"SPOT capacity available; slack {_fmt(sit.slack_s)}")
-        reserve = r * SWITCH_PER_OVERHEAD_HOUR * d_h * math.exp(-age / SWITCH_AGE_DECAY_S)
+        reserve = (
+            r * SWITCH_PER_OVERHEAD_HOUR * d_h * math.exp(-sit.spot_age_s / SWITCH_AGE_DECAY_S)
+        )
         if spare >= reserve:
             return Choice(
                 SPOT,
-                f"SPOT is back (for {_fmt(age)}) and slack {_fmt(sit.slack_s)} covers the switch "
-                f"reserve {_fmt(reserve + _guard(sit))}; switching back to SPOT",
+                f"SPOT is back (for {_fmt(sit.spot_age_s)}) and slack {_fmt(sit.slack_s)} covers "
+                f"the switch reserve {_fmt(reserve + _guard(sit))}; switching back to SPOT",
             )
         return Choice(OD, f"staying on ON_DEMAND: slack {_fmt(sit.slack_s)} too thin to switch")
     if sit.on_demand:
         return Choice(OD, "staying on ON_DEMAND while SPOT is unavailable")
+    if not sit.can_wait():
+        return _final(sit)
+    age = min(sit.spot_age_s, AGE_CAP_S)
     reserve = (
         r * (WAIT_BASE + WAIT_PER_OVERHEAD_HOUR * d_h) * (1 + WAIT_PER_OUTAGE_HOUR * _hours(age))
     )
-    if spare >= reserve and sit.slack_s - sit.tick_s >= _guard(sit):
+    if sit.spot_age_s < sit.tick_s < sit.overhead_s:
+        reserve *= FRESH_OUTAGE_FACTOR
+    if spare >= reserve:
         return Choice(SPOT, f"waiting for SPOT capacity; slack {_fmt(sit.slack_s)} to spare")
     return Choice(
         OD,

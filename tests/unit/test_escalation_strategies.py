@@ -136,8 +136,9 @@ def test_on_demand_switches_back_to_spot_only_with_slack_to_spare():
     roomy = decide(live, policy(), now=10 * H, outlook=look(10 / 48, spot=True, since=9 * H))
     assert roomy.action is Action.CANCEL and roomy.outcome is Outcome.STOPPED
     assert "switching back to SPOT" in roomy.reason
-    thin = decide(live, policy(), now=60 * H, outlook=look(38.8 / 48, spot=True, since=59 * H))
-    assert thin.action is Action.WAIT
+    # 10 h left, 9.6 h of work: 24 min of slack, one 12 min restart leaves too little to switch
+    thin = decide(live, policy(), now=60 * H, outlook=look(38.4 / 48, spot=True, since=59 * H))
+    assert thin.action is Action.WAIT and "too thin to switch" in thin.reason
 
 
 def test_fresh_spot_needs_more_slack_than_spot_that_has_lasted():
@@ -147,6 +148,36 @@ def test_fresh_spot_needs_more_slack_than_spot_that_has_lasted():
     lasted = decide(live, p, now=now, outlook=look(progress, spot=True, since=now - 2 * H))
     assert fresh.action is Action.WAIT
     assert lasted.action is Action.CANCEL
+
+
+def test_safety_net_is_exact_in_whole_ticks():
+    p = policy(work_s=10 * H, deadline_s=12 * H)  # d = 12 min, 10 min ticks
+    live = [attempt(1, SPOT, AttemptState.PENDING)]
+
+    def at(now, work_left_min):
+        sit = situation(live, p, now=now, spent=None, outlook=look(1 - work_left_min / 600))
+        assert sit is not None
+        return sit
+
+    assert at(0.0, 600).can_wait() and at(0.0, 600).can_take_spot()
+    # 1 h 10 min left, 50 min of work: ON_DEMAND needs 62 min = 7 ticks of the 7 left
+    late = at(10 * H + 50 * 60, 50)
+    assert not late.can_wait() and not late.can_take_spot()
+    # 1 h 20 min (8 ticks) left. Idle one tick: 7 remain, ON_DEMAND needs ceil((C + 12) / 10):
+    # fine for 58 min of work, not for 59. SPOT: no progress in its first tick (restart 12 min),
+    # 8 min in its second; a reclaim then leaves 6 ticks for C - 8 + 12: fine for 56, not 57
+    now = 10 * H + 40 * 60
+    assert at(now, 58).can_wait() and not at(now, 59).can_wait()
+    assert at(now, 56).can_take_spot() and not at(now, 57).can_take_spot()
+
+
+def test_a_fresh_outage_is_waited_out_when_a_restart_outlasts_a_tick():
+    live = [attempt(1, SPOT, AttemptState.PENDING)]
+    p, now, progress = policy(), 65 * H, 43.75 / 48  # 5 h left, 4.25 h of work: 45 min slack
+    fresh = decide(live, p, now=now, outlook=look(progress, spot=False, since=now))
+    later = decide(live, p, now=now, outlook=look(progress, spot=False, since=now - 600))
+    assert fresh.action is Action.WAIT and "waiting for SPOT" in fresh.reason
+    assert later.action is Action.CANCEL
 
 
 def test_running_spot_is_kept_even_in_the_final_phase():
@@ -239,8 +270,8 @@ def test_a_running_attempt_is_stopped_before_the_budget_cap():
 
 
 def test_budget_keeps_the_step_on_spot_when_on_demand_would_exceed_it():
-    # 2 h of work left: ON_DEMAND would cost $6.12 more, SPOT $1.95; $4 left
-    p = policy(budget_usd=40.0, work_s=10 * H, deadline_s=10.5 * H)
+    # 2 h of work left, 2.3 h to go: final phase; ON_DEMAND would cost $6.12 more, SPOT $1.95
+    p = policy(budget_usd=40.0, work_s=10 * H, deadline_s=10.3 * H)
     done = [attempt(1, SPOT, AttemptState.DONE, outcome=Outcome.PREEMPTED, ended=8 * H)]
     d = decide(done, p, now=8 * H, spent_usd=36.0, outlook=look(0.8, spot=False, since=8 * H))
     assert d.action is Action.SUBMIT and d.capacity is SPOT and "budget cap" in d.reason

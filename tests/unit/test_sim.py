@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 
 import pytest
@@ -84,11 +85,13 @@ def test_greedy_waits_until_the_last_safe_moment_then_commits():
 
 def test_preemption_keeps_progress_and_the_safety_net_meets_the_deadline():
     """W = 3, D = 5, d = 0.5: spot 2 ticks (1.5 h done), reclaimed at t=2 with 1.5 h left and
-    3 h to go: 1.5 + 2d >= 3 so ON_DEMAND to the end, done at t=4."""
-    for name in ("uniform_progress", "greedy", "deadline"):
+    3 h to go. UP and greedy: 1.5 + 2d >= 3 so ON_DEMAND to the end, done at t=4. Ours: its
+    safety net is exact (ON_DEMAND needs 2 ticks and 3 are left), so it waits one more tick for
+    spot, then ON_DEMAND from t=3, done exactly at the deadline."""
+    for name, done_h in (("uniform_progress", 4), ("greedy", 4), ("deadline", 5)):
         result = run_one(name, [1, 1] + [0] * 6, 3, 5, 0.5)
         assert result.cost_usd == pytest.approx(2 * SPOT + 2 * OD), name
-        assert result.finished_s == 4 * H and not result.missed
+        assert result.finished_s == done_h * H and not result.missed
 
 
 def test_a_miss_is_work_left_at_the_deadline():
@@ -125,6 +128,27 @@ def test_deadline_policy_never_misses_on_synthetic_traces():
         out = run(traces, Cell(24, 30, restart, 5), "deadline")
         assert out["deadline_misses"] == 0
         assert out["scenarios"] == 15
+
+
+@pytest.mark.parametrize("gap", [600.0, 1800.0])
+def test_exact_safety_net_never_misses_at_tight_deadlines(gap):
+    """Ours spends slack down to the last whole tick: random traces, overheads shorter and
+    longer than a tick, deadlines from very tight to loose; not one miss."""
+    rng = random.Random(int(gap))
+    traces = []
+    for k, (p_up, p_down) in enumerate(((0.5, 0.5), (0.2, 0.3), (0.05, 0.4))):
+        state, data = 1, []
+        for _ in range(int(40 * H / gap)):
+            data.append(state)
+            if rng.random() < (p_up if state else p_down):
+                state = 1 - state
+        traces.append(trace_from_data(f"r{k}", gap, data))
+    for restart in (0.05, 0.2, 0.6):
+        for slack in (0.0, 1.0, 4.0):
+            # the tightest deadline ON_DEMAND alone meets in whole ticks, then looser ones
+            ticks = math.ceil((6 + restart) * H / gap) + math.ceil(slack * H / gap)
+            out = run(traces, Cell(6, ticks * gap / H, restart, 4), "deadline")
+            assert out["deadline_misses"] == 0, (restart, slack)
 
 
 def test_omniscient_bound_uses_every_spot_tick_before_the_deadline():
