@@ -19,7 +19,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from spot_workflows.backends.base import Backend
 from spot_workflows.core.outcomes import Attempt, TerminationNotice
@@ -48,7 +48,7 @@ class AwsSettings(BaseModel):
     on_demand_queue: str
     region_name: str | None = None
     endpoint_url: str | None = None
-    aws_session_token: str | None = None
+    aws_session_token: str | None = Field(default=None, repr=False)  # a credential: never shown
     profile_name: str | None = None
     events_queue_url: str | None = None
     job_role_arn: str | None = None
@@ -133,7 +133,7 @@ class GcpSettings(BaseModel):
     project: str
     location: str
     key_path: str | None = None
-    keyfile_dict: dict | str | None = None
+    keyfile_dict: dict | str | None = Field(default=None, repr=False)  # holds a private key
     machine_type: str | None = None
     accelerator_type: str | None = None
     service_account: str | None = None

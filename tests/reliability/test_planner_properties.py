@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import spot_workflows.sim.engine as engine
@@ -168,18 +168,7 @@ traces = st.lists(st.booleans(), min_size=8, max_size=40).map(
 )
 
 
-@SETTINGS
-@given(
-    strategy=st.sampled_from(["deadline", "uniform_progress", "greedy"]),
-    avail=traces,
-    work_ticks=st.integers(2, 60),
-    slack_ticks=st.integers(0, 60),
-    overhead_ticks=st.integers(0, 3),
-    preemption_budget=st.integers(0, 200),
-)
-def test_escalation_is_monotone_on_random_spot_traces(
-    strategy, avail, work_ticks, slack_ticks, overhead_ticks, preemption_budget
-):
+def check_monotone(strategy, avail, work_ticks, slack_ticks, overhead_ticks, preemption_budget):
     """Deadline-aware strategies may leave ON_DEMAND for spot while slack allows (by design),
     but never after they said "ON_DEMAND to the end"; greedy never leaves ON_DEMAND at all."""
     gap = 60.0
@@ -217,6 +206,40 @@ def test_escalation_is_monotone_on_random_spot_traces(
         caps = [a.capacity for a in result.ledger]
         assert SPOT not in caps[caps.index(OD) :] if OD in caps else True
     assert seen and seen[-1].action in (Action.SUCCEED, Action.FAIL) or result.missed
+
+
+TRACE_ARGS = dict(
+    avail=traces,
+    work_ticks=st.integers(2, 60),
+    slack_ticks=st.integers(0, 60),
+    overhead_ticks=st.integers(0, 3),
+    preemption_budget=st.integers(0, 200),
+)
+
+
+@SETTINGS
+@given(strategy=st.sampled_from(["uniform_progress", "greedy"]), **TRACE_ARGS)
+def test_escalation_is_monotone_on_random_spot_traces(strategy, **kw):
+    check_monotone(strategy, **kw)
+
+
+# Found by this suite on commit e4398b7 ("exact tick-level safety net"): with no restart
+# overhead and no spare slack the deadline policy says "final phase ... ON_DEMAND to the end",
+# then "SPOT is back ... switching back to SPOT" a few ticks later. Either the switch or the
+# final-phase wording is wrong; core/policies.py belongs to the escalation work, so it is
+# reported there. strict=True: this test fails (XPASS) once the policy keeps its word.
+@pytest.mark.xfail(strict=True, reason="deadline policy leaves 'ON_DEMAND to the end' (e4398b7)")
+@SETTINGS
+@example(
+    avail=[x for x in [False, False, False, True, False, True, False, False] for _ in range(6)],
+    work_ticks=28,
+    slack_ticks=2,
+    overhead_ticks=0,
+    preemption_budget=0,
+)
+@given(**TRACE_ARGS)
+def test_deadline_escalation_is_monotone_after_the_final_phase(**kw):
+    check_monotone("deadline", **kw)
 
 
 def test_report_counts():
