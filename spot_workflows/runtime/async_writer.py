@@ -139,6 +139,7 @@ class AsyncCheckpointWriter:
         self._lock = threading.Lock()
         self._in_flight: SaveTicket | None = None
         self._cancel = threading.Event()
+        self._worker: threading.Thread | None = None  # the thread of the newest persist
         self.last_result: SaveResult | None = None
 
     def __repr__(self) -> str:
@@ -203,7 +204,7 @@ class AsyncCheckpointWriter:
             ticket = SaveTicket(step, stall_seconds=time.perf_counter() - started)
             self._in_flight = ticket
             self._cancel.clear()
-            self._persist(ticket, snapshot, progress, metadata)
+            self._persist(ticket, snapshot, progress, metadata, background=False)
         return ticket.result()
 
     def wait(self, timeout: float | None = None) -> SaveTicket | None:
@@ -221,8 +222,11 @@ class AsyncCheckpointWriter:
             ticket.wait()
 
     def close(self) -> None:
-        """Wait for the save in flight, then free the host buffer."""
+        """Wait for the save in flight (and its retention), then free the host buffer."""
         self.wait()
+        worker = self._worker
+        if worker is not None and worker is not threading.current_thread():
+            worker.join()
         self.pool.release()
 
     # -- internals --------------------------------------------------------------------------------
@@ -241,7 +245,12 @@ class AsyncCheckpointWriter:
         snapshot: Snapshot,
         progress: float | None,
         metadata: dict[str, Any] | None,
+        background: bool = True,
     ) -> None:
+        previous = self._worker
+        self._worker = threading.current_thread() if background else None
+        if previous is not None and previous is not threading.current_thread():
+            previous.join()  # its retention (deleting old checkpoints) may still be running
         started = time.perf_counter()
         try:
             snapshot.wait_ready()
@@ -277,6 +286,10 @@ class AsyncCheckpointWriter:
             result.stall_seconds,
         )
         ticket._finish(result, None)
+        try:
+            draft.tidy_and_prune()
+        except Exception as exc:  # best-effort: the checkpoint is already durable
+            log.warning("retention after checkpoint step %d failed: %s", ticket.step, exc)
 
     def _write_files(self, draft: StreamingSave, snapshot: Snapshot) -> None:
         jobs = [(draft.path(s.name), s.name, snapshot.shard_view(s)) for s in snapshot.shards]

@@ -63,6 +63,7 @@ class StreamingSave:
         )
         self._staged: dict[str, tuple[str, str]] = {}  # name -> (final path, path written)
         self._files: dict[str, ManifestFile] = {}
+        self._committed: Manifest | None = None
 
     @property
     def step(self) -> int:
@@ -87,7 +88,8 @@ class StreamingSave:
         self._files[name] = ManifestFile(name, size, sha256)
 
     def commit(self) -> Manifest:
-        """Make the checkpoint visible (manifest last) and apply retention; returns it."""
+        """Make the checkpoint visible and durable (manifest last); returns it. Call
+        :meth:`tidy_and_prune` afterwards (it may run after the save is reported durable)."""
         missing = sorted(set(self._staged) - set(self._files))
         if missing:
             raise CheckpointError(f"cannot commit step {self.step}: {missing} not written")
@@ -112,9 +114,15 @@ class StreamingSave:
             self.store.write_atomic(LATEST, body)
         except CheckpointError as exc:
             log.warning("checkpoint step %d saved, but %s; readers scan step dirs", self.step, exc)
-        self.store._tidy(manifest)
-        self.store._prune()
+        self._committed = manifest
         return manifest
+
+    def tidy_and_prune(self) -> None:
+        """Retention after :meth:`commit`: drop leftovers and checkpoints beyond ``keep_last``
+        (deleting gigabytes takes a while; the new checkpoint is already durable)."""
+        if self._committed is not None:
+            self.store._tidy(self._committed)
+            self.store._prune()
 
     def abort(self) -> None:
         """Remove what was written (best-effort); the checkpoint never becomes visible."""

@@ -312,6 +312,7 @@ def test_resaving_a_step_replaces_it_atomically(tmp_path):
     manifest = ckpt.save(1, {"v": b"second"}).result().manifest
     assert manifest.subdir is not None
     assert ckpt.restore().state == {"v": b"second"}
+    ckpt.close()  # retention runs after the save is durable; close() waits for it
     leftovers = {p.name for p in (tmp_path / "ckpt" / "step-1").iterdir()}
     assert leftovers == {"manifest.json", manifest.subdir}
 
