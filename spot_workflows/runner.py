@@ -68,6 +68,21 @@ _OUTCOME_EVENTS = {
 _FAIL_ERRORS = {FailCause.BUDGET: BudgetExceededError, FailCause.DEADLINE: DeadlineInfeasibleError}
 
 
+def market_probe(backend: Backend) -> Callable[[], bool | None] | None:
+    """A spot-availability probe for ``StepRunner(spot_probe=...)``, where the backend can give
+    one: its ``spot_available()`` if it has one, else the local backend's simulated market (its
+    ``market.available`` at its own clock). None for the clouds, which have no cheap, reliable
+    probe (a pending SPOT job is the probe: the planner reads it from the ledger)."""
+    probe = getattr(backend, "spot_available", None)
+    if callable(probe):
+        return probe
+    market, clock = getattr(backend, "market", None), getattr(backend, "clock", None)
+    available = getattr(market, "available", None)
+    if callable(available) and callable(clock):
+        return lambda: bool(available(clock()))
+    return None
+
+
 class StepRunner:
     def __init__(
         self,
@@ -81,6 +96,7 @@ class StepRunner:
         sleep: Callable[[float], None] = time.sleep,
         on_event: Callable[[RunnerEvent], None] | None = None,
         cancel_wait_s: float = 120.0,
+        spot_probe: Callable[[], bool | None] | None = None,
     ) -> None:
         self.spec = spec
         self.backend = backend
@@ -93,6 +109,12 @@ class StepRunner:
         self.cancel_wait_s = cancel_wait_s
         self.ledger = Ledger.open(self.store, spec.key)
         self._last_tick_at: float | None = None
+        self.spot_probe = spot_probe
+        """Optional market view, ``() -> bool | None``: is spot capacity obtainable now? With it,
+        deadline policies also see spot come back while on ON_DEMAND and may switch back to it
+        (see :func:`market_probe`); without it they stay on ON_DEMAND once there."""
+        self._spot_seen: bool | None = None
+        self._spot_since: float | None = None
 
     # -- public ----------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -133,11 +155,18 @@ class StepRunner:
         if self._last_tick_at is not None:
             period = max(period, now - self._last_tick_at)
         self._last_tick_at = now
-        progress = None
+        progress = available = since = None
         if self.policy.deadline_s is not None:
             latest = self.store.latest()
             progress = latest.progress if latest is not None else None
-        return Outlook(progress=progress, tick_s=period)
+            if self.spot_probe is not None:
+                available = self.spot_probe()
+                if available is not None and available is not self._spot_seen:
+                    self._spot_seen, self._spot_since = available, now
+                since = self._spot_since if available is not None else None
+        return Outlook(
+            progress=progress, tick_s=period, spot_available=available, spot_state_since=since
+        )
 
     def result(self, decision: Decision) -> RunResult:
         attempts = list(self.ledger.attempts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from spot_workflows.core.outcomes import Capacity, Outcome
 from spot_workflows.errors import BudgetExceededError, DeadlineInfeasibleError
 from spot_workflows.examples.toy_train import reference
 from spot_workflows.ledger import Ledger
-from spot_workflows.runner import StepRunner
+from spot_workflows.runner import StepRunner, market_probe
 from spot_workflows.runtime.store import CheckpointStore
 
 STEPS = 120
@@ -83,3 +84,42 @@ def test_infeasible_deadline_is_refused_before_anything_runs(tmp_path):
         with pytest.raises(DeadlineInfeasibleError, match="deadline infeasible"):
             runner.run()
     assert Ledger.open(CheckpointStore(spec.checkpoint_uri), "too-late").attempts == ()
+
+
+def test_with_a_market_probe_the_step_switches_back_from_on_demand_to_spot(tmp_path):
+    # no spot for the first 3 s, then spot; 10 s of slack for 120 s of work, 2 s restarts: too
+    # little slack to wait for spot at first (reserve 0.07 x 130 s), enough to switch back later
+    trace = tmp_path / "trace.json"
+    trace.write_text(json.dumps({"metadata": {"gap_seconds": 600}, "data": [0, 0, 0] + [1] * 100}))
+    market = TraceMarket.from_file(trace, tick_seconds=1.0)
+    policy = SpotPolicy(deadline_s=130.0, work_s=120.0, restart_overhead_s=2.0)
+    spec = spec_for(tmp_path, ["sh", "-c", "sleep 60"], "probe-step")
+    with LocalBackend(
+        state_dir=tmp_path / "b", market=market, notice_window_s=0.5, grace_s=1.0
+    ) as backend:
+        assert market_probe(backend) is not None
+        runner = StepRunner(
+            spec=spec,
+            backend=backend,
+            policy=policy,
+            poll_interval=0.05,
+            spot_probe=market_probe(backend),
+        )
+        reasons = []
+        give_up = time.monotonic() + 20
+        while time.monotonic() < give_up:
+            reasons.append(runner.tick().reason)
+            attempts = runner.ledger.attempts
+            if len(attempts) >= 2 and attempts[-1].capacity is Capacity.SPOT:
+                break
+            time.sleep(0.05)
+        for live in [a for a in runner.ledger.attempts if a.live and a.job_id]:
+            backend.cancel(live.job_id, reason="test over")
+    attempts = runner.ledger.attempts
+    shape = [(a.capacity, a.outcome) for a in attempts]
+    # (a first SPOT attempt may wait one poll for capacity: an outage's first tick)
+    assert shape[-2:] == [(Capacity.ON_DEMAND, Outcome.STOPPED), (Capacity.SPOT, None)], reasons
+    assert all(o is Outcome.NO_CAPACITY for c, o in shape[:-2]), shape
+    assert "switching back to SPOT" in attempts[-2].reason
+    # without a probe the same runner would keep ON_DEMAND: the ledger cannot see spot come back
+    assert market_probe(object()) is None
