@@ -143,6 +143,31 @@ def raw_disk(directory: Path, nbytes: int) -> dict:
     return out
 
 
+def raw_write_of_buffer(ckpt: AsyncCheckpointer, directory: Path, nbytes: int) -> dict:
+    """The same bytes from the same host buffer, written with O_DIRECT + fsync by one thread and
+    not hashed; and sha256 over them on ``io_threads`` threads: the two bounds of a persist."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from spot_workflows.runtime import bulk_io
+
+    view = ckpt.writer.pool._buffer.view(0, nbytes // 4096 * 4096)
+    path = str(directory / "raw-same.bin")
+    started = time.perf_counter()
+    bulk_io._write_fd(path, view, direct=True, cancelled=lambda: False, chunk=bulk_io.CHUNK)
+    write_s = time.perf_counter() - started
+    os.unlink(path)
+    n = ckpt.writer.io_threads
+    parts = [view[i * len(view) // n : (i + 1) * len(view) // n] for i in range(n)]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(n) as pool:
+        list(pool.map(bulk_io.sha256_of, parts))
+    hash_s = time.perf_counter() - started
+    return {
+        "raw_same_bytes_gb_per_s": len(view) / GB / write_s,
+        "sha256_gb_per_s": len(view) / GB / hash_s,
+    }
+
+
 def bench_torch_save(state: dict, directory: Path, nbytes: int) -> dict:
     path = directory / "torch_save.pt"
     started = time.perf_counter()
@@ -189,9 +214,11 @@ def bench_async(
             stalls_device.append(time.perf_counter() - started)
         result = ticket.result()
         durable.append(time.perf_counter() - started)
+        ckpt.writer.drain()  # saves are minutes apart: the previous retention is long done
         persist.append(result.persist_seconds)
         gbps.append(result.persist_gb_per_s)
         nbytes = result.nbytes
+    raw_same = raw_write_of_buffer(ckpt, directory, nbytes)
     ckpt.close()
     shutil.rmtree(directory / "async", ignore_errors=True)
     steady = stalls_device[1:] or stalls_device if cuda else stalls_host[1:] or stalls_host
@@ -205,6 +232,7 @@ def bench_async(
         "io_threads": ckpt.writer.io_threads,
         "pinned": bool(ckpt.writer.pool.pin) if ckpt.writer.pool.pin is not None else cuda,
     }
+    out.update(raw_same)
     if cuda:
         out["stall_host_steady_s"] = statistics.median(stalls_host[1:] or stalls_host)
     return out

@@ -221,12 +221,17 @@ class AsyncCheckpointWriter:
             self._cancel.set()
             ticket.wait()
 
-    def close(self) -> None:
-        """Wait for the save in flight (and its retention), then free the host buffer."""
+    def drain(self) -> None:
+        """Wait for the save in flight and for the retention after it (deleting old checkpoints
+        runs after a save is reported durable)."""
         self.wait()
         worker = self._worker
         if worker is not None and worker is not threading.current_thread():
             worker.join()
+
+    def close(self) -> None:
+        """:meth:`drain`, then free the host buffer."""
+        self.drain()
         self.pool.release()
 
     # -- internals --------------------------------------------------------------------------------
