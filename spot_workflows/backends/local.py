@@ -30,11 +30,15 @@ from spot_workflows.backends.base import attempt_env
 from spot_workflows.backends.local_events import append_event
 from spot_workflows.backends.local_market import NeverReclaimed, SpotMarket
 from spot_workflows.backends.local_metadata import LocalMetadataServer
-from spot_workflows.backends.local_worker import write_json_atomic
+from spot_workflows.backends.local_worker import CLAIM, write_json_atomic
 from spot_workflows.config import StepSpec
 from spot_workflows.core.classify import classify_local
 from spot_workflows.core.outcomes import AttemptState, Capacity, Observation
 from spot_workflows.errors import BackendError, NotFoundError
+
+RELAUNCH_AFTER_S = 10.0
+"""Seconds a launched job may go without a supervisor claiming it before the market spawns
+another (a runner killed mid-launch); supervisors normally claim within a second."""
 
 
 def _session_pids(sid: int) -> list[int]:
@@ -246,6 +250,7 @@ class LocalBackend:
                 if "launched_at" not in job:
                     self._maybe_launch(job_dir, job, now)
                 else:
+                    self._maybe_relaunch(job_dir, job, now)
                     self._maybe_reclaim(job_dir, job, now)
 
     def _maybe_launch(self, job_dir: Path, job: dict, now: float) -> None:
@@ -259,6 +264,21 @@ class LocalBackend:
             job["reclaim_at"] = self.market.reclaim_at(self._spot_launched, now)
             self._spot_launched += 1
         write_json_atomic(job_dir / "job.json", job)  # before spawning: never launch twice
+        self._spawn(job_dir)
+
+    def _maybe_relaunch(self, job_dir: Path, job: dict, now: float) -> None:
+        """A runner killed between marking a job launched and spawning its supervisor left the
+        job with no process: spawn one again. The supervisor's exclusive claim file makes a
+        second supervisor (the first was only slow to start) exit without running anything."""
+        if any((job_dir / name).exists() for name in (CLAIM, "status.json", "cancel.json")):
+            return
+        if now - job.get("relaunched_at", job["launched_at"]) < RELAUNCH_AFTER_S:
+            return
+        job["relaunched_at"] = now
+        write_json_atomic(job_dir / "job.json", job)
+        self._spawn(job_dir)
+
+    def _spawn(self, job_dir: Path) -> None:
         subprocess.Popen(
             [sys.executable, "-m", "spot_workflows.backends.local_worker", str(job_dir)],
             start_new_session=True,

@@ -22,8 +22,15 @@ def write_json_atomic(path: Path, doc: dict) -> None:
     os.replace(tmp, path)
 
 
+CLAIM = "supervisor.claim"
+
+
 def main(argv: list[str] | None = None) -> int:
     job_dir = Path((argv or sys.argv[1:])[0])
+    try:  # exactly one supervisor per job, even if the market had to spawn a second one
+        os.close(os.open(job_dir / CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return 0
     job = json.loads((job_dir / "job.json").read_text())
     # A handler (not SIG_IGN, which children would inherit) keeps the supervisor alive.
     signal.signal(signal.SIGTERM, lambda *_: None)

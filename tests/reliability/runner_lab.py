@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import random
 import select
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from spot_workflows.backends.local import LocalBackend
@@ -233,6 +235,132 @@ def plan(kind: str, *, seed: int, timer_steps: int, ledger_points: int) -> list[
     for i, step in enumerate(steps):
         step.update(key=f"{kind}-{step['scenario']}-{i}", seed=rng.randrange(2**32))
     return steps
+
+
+def summarize(records: list[dict]) -> dict:
+    """Campaign figures: kills, and what the backend holds against the ledger."""
+    lives = [lf for r in records for lf in r["lives"]]
+    kills = [lf for lf in lives if lf["exit"] == -signal.SIGKILL]
+    by_point: dict[str, int] = {}
+    for lf in kills:
+        label = lf["fault"] or "timer"
+        by_point[label] = by_point.get(label, 0) + 1
+    duplicates = missing = 0
+    for r in records:
+        ledger_ids = [a["job_id"] for a in r["attempts"]]
+        job_ids = [j["job_id"] for j in r["jobs"]]
+        duplicates += len(job_ids) - len(set(job_ids) & set(ledger_ids))  # jobs not in the ledger
+        missing += sum(1 for j in ledger_ids if j not in job_ids)  # attempts with no job
+    return {
+        "steps": len(records),
+        "runner_lives": len(lives),
+        "runner_kills": len(kills),
+        "runner_kills_by_point": dict(sorted(by_point.items())),
+        "jobs": sum(len(r["jobs"]) for r in records),
+        "ledger_attempts": sum(len(r["attempts"]) for r in records),
+        "duplicate_or_orphan_jobs": duplicates,
+        "attempts_without_a_job": missing,
+        "attempts_left_open": sum(
+            1 for r in records for a in r["attempts"] if a["state"] != "DONE" or not a["outcome"]
+        ),
+        "attempts_recorded_cancelled": sum(
+            1 for r in records for a in r["attempts"] if a["outcome"] == "CANCELLED"
+        ),
+        "final_decision_differs": sum(
+            1
+            for r in records
+            if r["final"]
+            != (AWS_SCENARIOS if r["key"].startswith("aws") else SCENARIOS)[r["scenario"]][3]
+        ),
+    }
+
+
+@contextlib.contextmanager
+def moto_infra(out: Path) -> Iterator[tuple[dict, dict]]:
+    """A moto server with the Batch queues (spot, on-demand) bootstrapped and an S3 bucket;
+    yields the lab config and the fake credentials the lab process needs."""
+    import urllib.request
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from spot_workflows.backends.aws_bootstrap import Bootstrap, BootstrapConfig
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    creds = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    saved = {k: os.environ.get(k) for k in [*creds, "AWS_PROFILE", "AWS_SESSION_TOKEN"]}
+    saved.update(
+        {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "MOTO_SIMPLE_BATCH_FAIL_AFTER")}
+    )
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        os.environ.pop(var, None)
+    os.environ.pop("MOTO_SIMPLE_BATCH_FAIL_AFTER", None)
+    os.environ.update(creds)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    try:
+        for path, data in (
+            ("/moto-api/reset", b""),
+            ("/moto-api/config", b'{"batch": {"use_docker": false}}'),
+        ):
+            req = urllib.request.Request(url + path, data=data, method="POST")
+            req.add_header("Content-Type", "application/json")
+            urllib.request.urlopen(req, timeout=30).read()
+
+        def client(service: str):
+            return boto3.client(service, endpoint_url=url, region_name="us-east-1")
+
+        ec2, iam = client("ec2"), client("iam")
+        trust = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"Service": "batch.amazonaws.com"},
+                    "Action": "sts:AssumeRole",
+                }
+            ],
+        }
+        role = iam.create_role(RoleName="batch-service", AssumeRolePolicyDocument=json.dumps(trust))
+        iam.create_instance_profile(InstanceProfileName="ecsInstanceRole")
+        config = BootstrapConfig(
+            region="us-east-1",
+            subnets=[s["SubnetId"] for s in ec2.describe_subnets()["Subnets"][:3]],
+            security_groups=[
+                g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"][:1]
+            ],
+            service_role=role["Role"]["Arn"],
+        )
+        boot = Bootstrap(config=config, endpoint_url=url)
+        boot.apply()
+        client("s3").create_bucket(Bucket="ckpt")
+        outputs = boot.outputs()
+        cfg = {
+            "kind": "aws",
+            "url": url,
+            "region": "us-east-1",
+            "bucket": "ckpt",
+            "spot_queue": outputs["spot_queue"],
+            "on_demand_queue": outputs["on_demand_queue"],
+            "out": str(out),
+        }
+        yield cfg, creds
+    finally:
+        server.stop()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,6 @@ server, ledger on moto S3), then compares what the backend holds with the ledger
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -109,80 +108,10 @@ def test_local_campaign_killed_runners_at_every_ledger_write_and_at_random(local
 # -- AWS Batch on a moto server ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def moto_infra(tmp_path_factory):
-    import boto3
-    from moto.server import ThreadedMotoServer
+    from runner_lab import moto_infra
 
-    from spot_workflows.backends.aws_bootstrap import Bootstrap, BootstrapConfig
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    creds = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-        "AWS_CONFIG_FILE": os.devnull,
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
-    with pytest.MonkeyPatch.context() as mp:
-        for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-            mp.delenv(var, raising=False)
-        mp.delenv("MOTO_SIMPLE_BATCH_FAIL_AFTER", raising=False)
-        for name, value in creds.items():
-            mp.setenv(name, value)
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        url = f"http://{host}:{port}"
-        try:
-            import urllib.request
-
-            for path, body in (("/moto-api/reset", b""), ("/moto-api/config", None)):
-                data = body if body is not None else b'{"batch": {"use_docker": false}}'
-                req = urllib.request.Request(url + path, data=data or b"", method="POST")
-                req.add_header("Content-Type", "application/json")
-                urllib.request.urlopen(req, timeout=30).read()
-            client = lambda svc: boto3.client(svc, endpoint_url=url, region_name="us-east-1")  # noqa: E731
-            ec2, iam = client("ec2"), client("iam")
-            trust = {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {
-                        "Effect": "Allow",
-                        "Principal": {"Service": "batch.amazonaws.com"},
-                        "Action": "sts:AssumeRole",
-                    }
-                ],
-            }
-            role = iam.create_role(
-                RoleName="batch-service", AssumeRolePolicyDocument=json.dumps(trust)
-            )
-            iam.create_instance_profile(InstanceProfileName="ecsInstanceRole")
-            config = BootstrapConfig(
-                region="us-east-1",
-                subnets=[s["SubnetId"] for s in ec2.describe_subnets()["Subnets"][:3]],
-                security_groups=[
-                    g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"][:1]
-                ],
-                service_role=role["Role"]["Arn"],
-            )
-            boot = Bootstrap(config=config, endpoint_url=url)
-            boot.apply()
-            client("s3").create_bucket(Bucket="ckpt")
-            outputs = boot.outputs()
-            yield (
-                {
-                    "kind": "aws",
-                    "url": url,
-                    "region": "us-east-1",
-                    "bucket": "ckpt",
-                    "spot_queue": outputs["spot_queue"],
-                    "on_demand_queue": outputs["on_demand_queue"],
-                    "out": str(tmp_path_factory.mktemp("aws-lab")),
-                },
-                creds,
-            )
-        finally:
-            server.stop()
+    with moto_infra(tmp_path_factory.mktemp("aws-lab")) as found:
+        yield found
 
 
 def test_aws_runner_killed_at_random_reattaches_without_duplicate_jobs(moto_infra, long_mode):
@@ -193,3 +122,41 @@ def test_aws_runner_killed_at_random_reattaches_without_duplicate_jobs(moto_infr
         check_step(r)
         assert len(r["attempts"]) == 1  # moto's simple Batch: the one job succeeds
     assert sum(r["killed_lives"] for r in records) >= len(records) // 2
+
+
+def test_a_runner_killed_between_marking_a_job_launched_and_spawning_it_strands_nothing(
+    tmp_path, monkeypatch
+):
+    # Found by the campaign: the local market marks a job launched, then spawns its supervisor;
+    # a runner killed in between left a job that never ran and stayed PENDING for good.
+    import time
+
+    from spot_workflows.backends import local
+    from spot_workflows.backends.local import LocalBackend
+    from spot_workflows.config import StepSpec
+    from spot_workflows.runner import StepRunner
+
+    monkeypatch.setattr(local, "RELAUNCH_AFTER_S", 0.3)
+    marker = tmp_path / "ran"
+    spec = StepSpec(
+        key="orphan",
+        command=["sh", "-c", f"echo x >> {marker}"],
+        checkpoint_uri=f"file://{tmp_path / 'ckpt'}",
+    )
+
+    class DiesBeforeSpawning(LocalBackend):
+        def _spawn(self, job_dir: Path) -> None:
+            pass  # the runner process died right here
+
+    with DiesBeforeSpawning(state_dir=tmp_path / "b") as backend:
+        StepRunner(spec=spec, backend=backend, poll_interval=0.05).tick()
+        jobs = tmp_path / "b" / "jobs"
+        deadline = time.time() + 10
+        while time.time() < deadline and not any(
+            "launched_at" in json.loads((d / "job.json").read_text()) for d in jobs.iterdir()
+        ):
+            time.sleep(0.02)
+    with LocalBackend(state_dir=tmp_path / "b") as backend:
+        result = StepRunner(spec=spec, backend=backend, poll_interval=0.05).run()
+    assert [a.outcome.value for a in result.attempts] == ["SUCCEEDED"]
+    assert len(list(jobs.iterdir())) == 1 and marker.read_text() == "x\n"
