@@ -43,6 +43,9 @@ FRESH_OUTAGE_FACTOR = 0.5
 the wait reserve is this fraction of the usual one: an outage that has just begun is the likeliest
 to end at once, and waiting one period then spends less slack than an ON_DEMAND restart followed by
 a switch back."""
+OVERHEAD_FIT_CAP_S = 0.2 * HOUR
+"""The per-hour-of-d terms above were fitted for d up to 0.2 h; longer overheads use 0.2 h there
+(held flat rather than extrapolated: the safety net still counts the real d)."""
 GUARD_OVERHEADS = 1.0
 """Spare slack is the slack minus this many restart overheads (the reserves above are on top)."""
 
@@ -76,7 +79,7 @@ def deadline_aware(history: History, policy: SpotPolicy, now: float) -> Choice:
         return Choice(SPOT, "running on SPOT; staying until reclaimed")
     spare = sit.slack_s - _guard(sit)
     r = max(sit.time_left_s, 0.0)
-    d_h = _hours(sit.overhead_s)
+    d_h = _hours(min(sit.overhead_s, OVERHEAD_FIT_CAP_S))
     if sit.spot_available:
         if not sit.can_take_spot():
             return _final(sit)
