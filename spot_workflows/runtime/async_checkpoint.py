@@ -192,6 +192,11 @@ class AsyncCheckpointer:
             self.checkpointer.record_save(step, ticket.stall_seconds)
         return ticket
 
+    def reserve(self, state: State) -> int:
+        """Allocate the host buffer for ``state`` at start-up (the first save would otherwise
+        pay for allocating and faulting in gigabytes); returns its size in bytes."""
+        return self.writer.reserve(state)
+
     def maybe_save(
         self,
         step: int,

@@ -25,7 +25,15 @@ from spot_workflows.errors import CheckpointError, ConfigError
 from spot_workflows.runtime import bulk_io
 from spot_workflows.runtime.host_buffers import HostBufferPool
 from spot_workflows.runtime.manifest import Manifest
-from spot_workflows.runtime.snapshot import INDEX, Snapshot, take_snapshot
+from spot_workflows.runtime.snapshot import (
+    INDEX,
+    MIN_SHARD,
+    Snapshot,
+    nbytes_of,
+    plan,
+    take_snapshot,
+)
+from spot_workflows.runtime.state_tree import flatten
 from spot_workflows.runtime.store import CheckpointStore
 from spot_workflows.runtime.store_stream import StreamingSave
 
@@ -206,6 +214,15 @@ class AsyncCheckpointWriter:
             self._cancel.clear()
             self._persist(ticket, snapshot, progress, metadata, background=False)
         return ticket.result()
+
+    def reserve(self, state: Any) -> int:
+        """Allocate (and fault in) the host buffer for ``state`` now, at start-up, instead of in
+        the first save's stall; returns its size in bytes."""
+        _, leaves = flatten(state() if callable(state) else state)
+        shard_bytes = self.shard_bytes or max(MIN_SHARD, -(-nbytes_of(leaves) // self.io_threads))
+        _, shards = plan(leaves, shard_bytes=shard_bytes)
+        with self._lock:
+            return self.pool.get(sum(s.nbytes for s in shards)).nbytes
 
     def wait(self, timeout: float | None = None) -> SaveTicket | None:
         """Wait for the save in flight (if any) to finish; returns its ticket."""

@@ -263,14 +263,15 @@ class Checkpointer:
         manifest = self.store.save(
             step, files, progress=progress, metadata=self._metadata(metadata, emergency=emergency)
         )
-        self.record_save(step, self._clock() - started)
+        finished = self._clock()
+        self.record_save(step, finished - started, at=finished)
         return manifest
 
-    def record_save(self, step: int, seconds: float) -> None:
+    def record_save(self, step: int, seconds: float, *, at: float | None = None) -> None:
         """Count a save of ``step`` that blocked training ``seconds`` (the cadence restarts; the
         adaptive interval uses it). ``save()`` calls it; so does the async checkpointer, with
         its stall time, when it takes a snapshot."""
-        self._last_save_at = self._clock()
+        self._last_save_at = self._clock() if at is None else at
         self._last_save_seconds = seconds
         if self.adaptive:  # Young/Daly from the measured save cost and the observed MTBF
             self.set_interval(adaptive_interval(self._last_save_seconds, self.mtbf_s))

@@ -25,7 +25,7 @@ from spot_workflows.runtime.state_tree import flatten, unflatten
 INDEX = "state-index.json"
 FORMAT = 1
 _LEAF_ALIGN = 64
-_MIN_SHARD = 64 * 1024 * 1024
+MIN_SHARD = 64 * 1024 * 1024
 
 
 def shard_name(i: int) -> str:
@@ -64,6 +64,11 @@ def _describe(leaf: Any) -> tuple[str, str, tuple[int, ...], str, int]:
         raise ConfigError(f"cannot snapshot a {leaf.layout} tensor: convert it to a dense one")
     dtype = str(leaf.dtype).removeprefix("torch.")
     return "torch", dtype, tuple(leaf.shape), str(leaf.device), leaf.numel() * leaf.element_size()
+
+
+def nbytes_of(leaves: list[Any]) -> int:
+    """Bytes of data in ``leaves`` (without alignment padding)."""
+    return sum(_describe(leaf)[4] for leaf in leaves)
 
 
 def plan(leaves: list[Any], *, shard_bytes: int) -> tuple[list[LeafSpec], list[ShardSpec]]:
@@ -131,8 +136,7 @@ def take_snapshot(
     started = time.perf_counter()
     skeleton, leaves = flatten(state)
     if shard_bytes is None:
-        total = sum(_describe(leaf)[4] for leaf in leaves)
-        shard_bytes = max(_MIN_SHARD, -(-total // max(1, shard_count)))
+        shard_bytes = max(MIN_SHARD, -(-nbytes_of(leaves) // max(1, shard_count)))
     specs, shards = plan(leaves, shard_bytes=shard_bytes)
     buffer = pool.get(sum(s.nbytes for s in shards))
     cuda: dict[Any, list[tuple[Any, Any]]] = {}  # device -> [(dst, src)]

@@ -295,6 +295,17 @@ def test_cadence_counts_the_snapshot_and_its_stall(tmp_path):
     ckpt.close()
 
 
+def test_reserve_allocates_the_buffer_the_saves_then_reuse(tmp_path):
+    ckpt = make(tmp_path)
+    state = {"w": np.zeros(3_000_000), "b": b"x" * 100}
+    size = ckpt.reserve(lambda: state)
+    buffer = ckpt.writer.pool._buffer
+    assert size >= 24_000_100 and buffer is not None
+    ckpt.save(1, state).result()
+    ckpt.save(2, state).result()
+    assert ckpt.writer.pool._buffer is buffer  # no allocation in either save
+
+
 def test_background_failures_surface_on_the_ticket(tmp_path):
     ckpt = make(tmp_path)
     ckpt.save(5, {"v": b"five"}).result()
