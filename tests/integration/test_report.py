@@ -7,15 +7,18 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
 import pytest
 
 from spot_workflows.backends.local import LocalBackend
-from spot_workflows.backends.local_market import ScheduledMarket
 from spot_workflows.config import SpotPolicy, StepSpec
+from spot_workflows.core.outcomes import Action
+from spot_workflows.ledger import Ledger
 from spot_workflows.runner import StepRunner
+from spot_workflows.runtime.store import CheckpointStore
 
 CLI = str(Path(sys.executable).parent / "spot-workflows")
 CHROMIUM = next(
@@ -39,14 +42,24 @@ def run_dir(tmp_path_factory) -> Path:
             "spot_workflows.examples.toy_train",
             "--steps=150",
             "--every=30",
-            "--step-seconds=0.01",
+            "--step-seconds=0.02",
         ],
         checkpoint_uri=f"file://{root / 'ckpt' / 'report-step'}",
     )
-    with LocalBackend(state_dir=root / "b", market=ScheduledMarket(reclaims=(1.5,))) as backend:
-        StepRunner(
+    store = CheckpointStore(spec.checkpoint_uri)
+    with LocalBackend(state_dir=root / "b") as backend:
+        runner = StepRunner(
             spec=spec, backend=backend, policy=SpotPolicy(preemption_budget=1), poll_interval=0.05
-        ).run()
+        )
+        reclaimed = False
+        while (decision := runner.tick()).action not in (Action.SUCCEED, Action.FAIL):
+            live = runner.ledger.live
+            # reclaim (with a notice) once the first periodic checkpoint exists, whatever the load
+            if not reclaimed and live is not None and live.job_id and store.latest() is not None:
+                backend.reclaim(live.job_id)
+                reclaimed = True
+            time.sleep(0.02)
+        assert decision.action is Action.SUCCEED
     return root
 
 
@@ -63,8 +76,17 @@ def test_report_json_matches_the_ledger(run_dir):
     assert cost["total_usd"] == pytest.approx(sum(a["cost_usd"] for a in cost["attempts"]))
     spot, od = cost["attempts"]
     assert spot["hourly_usd"] == 0.9731 and od["hourly_usd"] == 3.06
-    # the reclaim came with a notice: the emergency checkpoint leaves almost nothing lost
-    assert spot["lost_hours"] * 3600 < 1.0
+    # lost = from the attempt's newest checkpoint (the emergency one, taken on the notice) to its
+    # end, and the next attempt resumed from exactly that checkpoint
+    first, second = Ledger.open(
+        CheckpointStore(f"file://{run_dir / 'ckpt' / 'report-step'}"), "report-step"
+    ).attempts
+    assert first.last_checkpoint_at is not None and first.last_checkpoint_at >= first.started_at
+    assert spot["lost_hours"] * 3600 == pytest.approx(
+        first.ended_at - first.last_checkpoint_at, abs=0.01
+    )
+    assert spot["lost_hours"] < spot["billed_hours"]
+    assert second.resumed_from_step == first.last_checkpoint_step
     assert 0 < cost["savings_pct"] < 100
     assert cost["unpriced"] == []
 
