@@ -66,7 +66,8 @@ def deadline_aware(history: History, policy: SpotPolicy, now: float) -> Choice:
     1. Running on spot: stay until reclaimed.
     2. Safety net (exact, in whole ticks): SPOT is entered only if an ON_DEMAND restart after a
        reclaim at any later tick still finishes in time, and idling only while one more idle
-       tick keeps ON_DEMAND feasible; otherwise ON_DEMAND to the end.
+       tick keeps ON_DEMAND feasible; otherwise ON_DEMAND now (back to SPOT only when this same
+       check passes again, which a small restart overhead can allow: never "to the end").
     3. On ON_DEMAND and spot is back: switch when the spare slack (s - d) covers a reserve of
        R x 1.2 x d[h] x exp(-a / 0.5 h); else stay.
     4. Idle and spot is available: take it.
@@ -82,7 +83,7 @@ def deadline_aware(history: History, policy: SpotPolicy, now: float) -> Choice:
     d_h = _hours(min(sit.overhead_s, OVERHEAD_FIT_CAP_S))
     if sit.spot_available:
         if not sit.can_take_spot():
-            return _final(sit)
+            return _safety_net(sit)
         if not sit.on_demand:
             return Choice(SPOT, f"SPOT capacity available; slack {_fmt(sit.slack_s)}")
         reserve = (
@@ -98,7 +99,7 @@ def deadline_aware(history: History, policy: SpotPolicy, now: float) -> Choice:
     if sit.on_demand:
         return Choice(OD, "staying on ON_DEMAND while SPOT is unavailable")
     if not sit.can_wait():
-        return _final(sit)
+        return _safety_net(sit)
     age = min(sit.spot_age_s, AGE_CAP_S)
     reserve = (
         r * (WAIT_BASE + WAIT_PER_OVERHEAD_HOUR * d_h) * (1 + WAIT_PER_OUTAGE_HOUR * _hours(age))
@@ -172,6 +173,18 @@ def _final(sit: Situation) -> Choice:
         OD,
         f"final phase: {_fmt(sit.work_left_s)} of work left and {_fmt(sit.time_left_s)} to the "
         f"deadline (restart overhead {_fmt(sit.overhead_s)}); ON_DEMAND to the end",
+        escalated=not sit.on_demand,
+    )
+
+
+def _safety_net(sit: Situation) -> Choice:
+    """ON_DEMAND now, but not "to the end": with a small restart overhead a later spot session
+    can be safe again (the exact check decides), so this policy never promises to stay."""
+    return Choice(
+        OD,
+        f"safety net: {_fmt(sit.work_left_s)} of work left and {_fmt(sit.time_left_s)} to the "
+        f"deadline (restart overhead {_fmt(sit.overhead_s)}) leave no slack to wait for or risk "
+        "SPOT; ON_DEMAND now, SPOT again only when the exact safety net allows it",
         escalated=not sit.on_demand,
     )
 

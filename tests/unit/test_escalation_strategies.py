@@ -186,14 +186,15 @@ def test_running_spot_is_kept_even_in_the_final_phase():
     assert d.action is Action.WAIT
 
 
-def test_final_phase_goes_on_demand_to_the_end():
+def test_safety_net_goes_on_demand_without_promising_to_stay():
     d = decide(
         [attempt(1, SPOT, AttemptState.DONE, outcome=Outcome.PREEMPTED, ended=60 * H)],
         policy(),
         now=60 * H,
         outlook=look(38 / 48, spot=True, since=60 * H),
     )
-    assert d.action is Action.SUBMIT and d.capacity is OD and "final phase" in d.reason
+    assert d.action is Action.SUBMIT and d.capacity is OD and "safety net" in d.reason
+    assert "to the end" not in d.reason  # a later spot session may be safe again
 
 
 def test_without_a_market_view_on_demand_is_kept():
