@@ -24,9 +24,9 @@ import re
 import secrets
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import fsspec.core
 from fsspec.implementations.local import LocalFileSystem
@@ -41,43 +41,15 @@ from spot_workflows.runtime.manifest import (  # noqa: F401  (re-exported)
     ManifestFile,
     check_name,
 )
+from spot_workflows.runtime.store_io import CHUNK, chunks, copy_hashed, fsync_dir
 from spot_workflows.runtime.store_retry import RetryPolicy, is_storage_error
 
 log = logging.getLogger("spot_workflows.checkpoint")
 
 MANIFEST = "manifest.json"
 LATEST = "latest.json"
-CHUNK = 4 * 1024 * 1024
 _STEP_DIR = re.compile(r"step-(\d+)")
 _TMP = ".spot-tmp-"
-
-
-def _chunks(value: bytes | Path) -> Iterator[bytes]:
-    if isinstance(value, bytes):
-        yield value
-        return
-    with open(value, "rb") as f:
-        while chunk := f.read(CHUNK):
-            yield chunk
-
-
-def _copy(chunks: Iterable[bytes], out: IO[bytes]) -> tuple[int, str]:
-    digest, size = hashlib.sha256(), 0
-    for chunk in chunks:
-        faults.writing(out, chunk)  # test-only fault injection; a no-op unless armed
-        out.write(chunk)
-        digest.update(chunk)
-        size += len(chunk)
-    return size, digest.hexdigest()
-
-
-def _fsync_dir(path: str) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _best_effort(exc: Exception) -> bool:
@@ -140,7 +112,7 @@ class CheckpointStore:
                 tmp = self._tmp(path)
                 self._write(tmp, bytes(data))
                 os.replace(tmp, path)
-                _fsync_dir(posixpath.dirname(path))
+                fsync_dir(posixpath.dirname(path))
             else:  # a single PUT is atomic on object stores
                 self.retry.call(lambda: self.fs.pipe_file(path, bytes(data)), what=path)
         except Exception as exc:
@@ -180,10 +152,10 @@ class CheckpointStore:
         if not self._local:
             self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
             with self.fs.open(path, "wb") as f:
-                return _copy(_chunks(value), f)
+                return copy_hashed(chunks(value), f)
         os.makedirs(posixpath.dirname(path), exist_ok=True)
         with open(path, "wb") as f:
-            result = _copy(_chunks(value), f)
+            result = copy_hashed(chunks(value), f)
             f.flush()
             os.fsync(f.fileno())
         return result
@@ -260,7 +232,7 @@ class CheckpointStore:
                 for final, tmp in staged:
                     os.replace(tmp, final)
                 for d in {posixpath.dirname(final) for final, _ in staged}:
-                    _fsync_dir(d)
+                    fsync_dir(d)
         except Exception as exc:
             if not is_storage_error(exc):
                 raise
@@ -437,7 +409,7 @@ class CheckpointStore:
             try:
                 src_path = self._path(manifest.relpath(f.name))
                 with self.fs.open(src_path, "rb") as src, open(tmp, "wb") as out:
-                    size, digest = _copy(iter(lambda: src.read(CHUNK), b""), out)
+                    size, digest = copy_hashed(iter(lambda: src.read(CHUNK), b""), out)
             except FileNotFoundError:
                 tmp.unlink(missing_ok=True)
                 raise self._corrupt(manifest, f, "is missing") from None

@@ -22,7 +22,8 @@ from typing import Any
 
 from spot_workflows.errors import CheckpointError, ConfigError
 from spot_workflows.runtime.manifest import Manifest, ManifestFile, check_name
-from spot_workflows.runtime.store import LATEST, MANIFEST, CheckpointStore, _fsync_dir, log
+from spot_workflows.runtime.store import LATEST, MANIFEST, CheckpointStore, log
+from spot_workflows.runtime.store_io import fsync_dir
 
 
 class StreamingSave:
@@ -98,7 +99,7 @@ class StreamingSave:
                 for final, tmp in self._staged.values():
                     os.replace(tmp, final)
                 for d in {posixpath.dirname(final) for final, _ in self._staged.values()}:
-                    _fsync_dir(d)
+                    fsync_dir(d)
         except OSError as exc:
             self.abort()
             raise CheckpointError(
