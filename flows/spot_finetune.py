@@ -34,7 +34,7 @@ def verify_weights(*, result: SpotStepResult, steps: int, seed: int) -> dict:
     latest = store.latest()
     if latest is None:
         raise RuntimeError(f"no checkpoint under {result.checkpoint_uri}")
-    state = toy_train.unpack(store.read_file(latest, "state.bin"))
+    state = toy_train.load_checkpoint(store, latest)
     return {
         "final_step": state["step"],
         "checksum": toy_train.checksum(state),

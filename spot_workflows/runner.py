@@ -55,6 +55,9 @@ class RunResult:
         return self.decision.action is Action.SUCCEED
 
 
+DEFAULT_STOP_LATENCY_S = 30.0
+"""Cancel-to-exit estimate for a backend that states none (``stop_latency_s``)."""
+
 _OUTCOME_EVENTS = {
     Outcome.PREEMPTED: "preempted",
     Outcome.NO_CAPACITY: "no_capacity",
@@ -115,6 +118,9 @@ class StepRunner:
         (see :func:`market_probe`); without it they stay on ON_DEMAND once there."""
         self._spot_seen: bool | None = None
         self._spot_since: float | None = None
+        self._stop_s: float = float(getattr(backend, "stop_latency_s", DEFAULT_STOP_LATENCY_S))
+        """How long a stop takes until billing ends: the backend's estimate, raised to the
+        longest stop measured here (the budget cap keeps this much spend in reserve)."""
 
     # -- public ----------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -165,7 +171,11 @@ class StepRunner:
                     self._spot_seen, self._spot_since = available, now
                 since = self._spot_since if available is not None else None
         return Outlook(
-            progress=progress, tick_s=period, spot_available=available, spot_state_since=since
+            progress=progress,
+            tick_s=period,
+            stop_s=self._stop_s,
+            spot_available=available,
+            spot_state_since=since,
         )
 
     def result(self, decision: Decision) -> RunResult:
@@ -235,9 +245,11 @@ class StepRunner:
             live = self.ledger.update(
                 live.model_copy(update={"stopping": decision.outcome, "reason": decision.reason})
             )
+            cancelled_at = self.clock()
             self.backend.cancel(live.job_id, reason=f"{CANCEL_REASON_PREFIX} {decision.reason}")
             if live.state is AttemptState.RUNNING:
                 self._await_exit(live)
+                self._stop_s = max(self._stop_s, self.clock() - cancelled_at)
             self._finish_stopped(live, decision.outcome, decision.reason)
         elif decision.action is Action.FAIL:
             self._emit("failed", None, decision.reason)

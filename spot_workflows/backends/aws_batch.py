@@ -48,6 +48,7 @@ class AwsBatchBackend:
     """Backend protocol over AWS Batch (see module docstring)."""
 
     name = "aws-batch"
+    stop_latency_s = 30.0  # TerminateJob: SIGTERM, then SIGKILL after ECS's 30 s stop timeout
 
     def __init__(
         self,

@@ -58,6 +58,7 @@ class GcpBatchBackend:
     """
 
     name = "gcp-batch"
+    stop_latency_s = 30.0  # DeleteJob: the VM gets the shutdown signal, then is torn down
 
     def __init__(
         self,

@@ -47,6 +47,9 @@ class Outlook:
     """When spot availability last changed (caller's clock); None: unknown."""
     tick_s: float = 0.0
     """How often the planner is consulted (simulator tick, runner poll interval)."""
+    stop_s: float = 0.0
+    """How long stopping a running attempt takes until billing ends (cancel to exit, measured
+    by the runner); added to the budget cap's safety window."""
 
 
 def price_per_s(policy: SpotPolicy, capacity: Capacity) -> float:

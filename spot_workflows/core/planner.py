@@ -93,7 +93,8 @@ def _phrase(cap: Capacity, outcome: Outcome | None, n: int) -> str:
 
 
 BUDGET_TICKS = 2
-"""A running attempt is stopped when less than this many decision periods of spend are left."""
+"""A running attempt is stopped when less than this many decision periods of spend (plus the
+time a stop takes, ``Outlook.stop_s``) are left."""
 
 
 def _capacity_timeout(policy: SpotPolicy, capacity: Capacity) -> float | None:
@@ -128,18 +129,19 @@ def decide(
     if live_strategy and sit is None:
         strategy, live_strategy = get_strategy(DEFAULT_WITHOUT_DEADLINE), False
     history = History(attempts, sit)
-    tick = outlook.tick_s if outlook is not None else 0.0
+    # spend that may still accrue before a stop takes effect: decision periods + stop latency
+    window = BUDGET_TICKS * outlook.tick_s + outlook.stop_s if outlook is not None else 0.0
 
     if not attempts:
         infeasible = _infeasible(policy, sit)
         if infeasible is not None:
             return infeasible
         choice = strategy(history, policy, now)
-        return _submit(choice, policy, sit, spent_usd, tick)
+        return _submit(choice, policy, sit, spent_usd, window)
 
     last = attempts[-1]
     if last.state is not AttemptState.DONE:
-        return _decide_live(last, history, policy, strategy, live_strategy, now, spent_usd, tick)
+        return _decide_live(last, history, policy, strategy, live_strategy, now, spent_usd, window)
 
     outcome = last.outcome
     if outcome is Outcome.SUCCEEDED:
@@ -184,7 +186,7 @@ def decide(
         # Not the capacity's fault: retry on the same capacity, unless the strategy has moved on.
         capacity = Capacity.ON_DEMAND if choice.capacity is Capacity.ON_DEMAND else last.capacity
         choice = Choice(capacity, f"retrying after {outcome.value.lower()}: {summary}")
-    return _submit(choice, policy, sit, spent_usd, tick, summary=summary)
+    return _submit(choice, policy, sit, spent_usd, window, summary=summary)
 
 
 def _decide_live(
@@ -195,14 +197,14 @@ def _decide_live(
     live_strategy: bool,
     now: float,
     spent_usd: float | None,
-    tick: float,
+    window: float,
 ) -> Decision:
     if live.job_id is None:  # recorded but not yet submitted: the runner resolves it first
         return Decision.wait(f"attempt {live.number} is being submitted")
     running = live.state is AttemptState.RUNNING
     if running and policy.budget_usd is not None and spent_usd is not None:
         rate = price_per_s(policy, live.capacity)
-        if spent_usd + rate * BUDGET_TICKS * tick >= policy.budget_usd:
+        if spent_usd + rate * window >= policy.budget_usd:
             return Decision.cancel(
                 Outcome.STOPPED,
                 f"spent ${spent_usd:.2f} of the ${policy.budget_usd:.2f} budget cap; stopping "
@@ -261,7 +263,7 @@ def _submit(
     policy: SpotPolicy,
     sit: Situation | None,
     spent_usd: float | None,
-    tick: float,
+    window: float,
     *,
     summary: str | None = None,
 ) -> Decision:
@@ -289,7 +291,7 @@ def _submit(
                 f"ON_DEMAND would exceed the ${cap:.2f} budget cap before the work is done; "
                 "staying on SPOT (the budget cap comes before the deadline)",
             )
-    if spent_usd + price_per_s(policy, choice.capacity) * BUDGET_TICKS * tick >= cap:
+    if spent_usd + price_per_s(policy, choice.capacity) * window >= cap:
         return Decision.fail(
             f"{story}spent ${spent_usd:.2f} of the ${cap:.2f} budget cap, stopping before "
             "exceeding it",

@@ -1,4 +1,4 @@
-"""A real, deterministic, CPU-only training script that checkpoints through the Checkpointer.
+"""A real, deterministic, CPU-only training script that checkpoints through the async checkpointer.
 
 Least-squares regression of a fixed random teacher, trained with SGD + momentum in pure Python.
 Every minibatch is derived from (seed, step), so a run resumed from any checkpoint computes exactly
@@ -7,6 +7,11 @@ the same numbers as an uninterrupted run: the final weights are bit-identical.
 Run under spot-workflows (``SPOT_CHECKPOINT_URI`` set): restores the latest checkpoint, saves
 every ``--every`` steps, and on a termination notice saves at once and exits 75. Run with
 ``--reference`` to train uninterrupted with no checkpoints and print the checksum.
+
+Saves go through :class:`~spot_workflows.runtime.async_checkpoint.AsyncCheckpointer` (snapshot,
+then background write; the emergency save flushes the newest snapshot) unless ``--checkpointer
+sync`` picks the plain :class:`~spot_workflows.runtime.checkpoint.Checkpointer`.
+:func:`load_checkpoint` reads either format back.
 """
 
 from __future__ import annotations
@@ -80,22 +85,19 @@ def reference(steps: int, seed: int) -> str:
     return checksum(state)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--steps", type=int, default=400)
-    ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--every", type=int, default=50, help="checkpoint every N steps")
-    ap.add_argument("--step-seconds", type=float, default=0.0, help="extra pause per step")
-    ap.add_argument("--reference", action="store_true")
-    args = ap.parse_args(argv)
-    if args.reference:
-        print(json.dumps({"checksum": reference(args.steps, args.seed)}))
-        return 0
+def load_checkpoint(store, manifest) -> dict:
+    """The training state in checkpoint ``manifest`` of ``store`` (either checkpointer's format)."""
+    from spot_workflows.runtime.async_checkpoint import load_state
 
+    if any(f.name == "state.bin" for f in manifest.files):  # the sync Checkpointer's format
+        return unpack(store.read_file(manifest, "state.bin"))
+    return unpack(load_state(store, manifest)["state"])
+
+
+def _train_sync(args: argparse.Namespace, teacher: list[float]) -> dict:
     from spot_workflows.runtime.checkpoint import Checkpointer
 
     ckpt = Checkpointer.from_env(every_steps=args.every)
-    teacher = _teacher(args.seed)
     restored = ckpt.restore()
     state = unpack(restored.read("state.bin")) if restored else fresh_state()
     print(f"RESUME {state['step']}" if restored else "START 0", flush=True)
@@ -113,6 +115,54 @@ def main(argv: list[str] | None = None) -> int:
             ckpt.save(step, files, progress=progress)
         if args.step_seconds:
             time.sleep(args.step_seconds)
+    return state
+
+
+def _train_async(args: argparse.Namespace, teacher: list[float]) -> dict:
+    from spot_workflows.runtime.async_checkpoint import AsyncCheckpointer
+
+    with AsyncCheckpointer.from_env(every_steps=args.every) as ckpt:
+        restored = ckpt.restore()
+        state = unpack(restored.state["state"]) if restored else fresh_state()
+        print(f"RESUME {state['step']}" if restored else "START 0", flush=True)
+        while state["step"] < args.steps:
+            train_step(state, args.seed, teacher)
+            step = state["step"]
+            print(f"STEP {step}", flush=True)
+            tree = {"state": pack(state)}
+            progress = step / args.steps
+            if ckpt.stop_requested:
+                report = ckpt.emergency_save(step, tree, progress=progress)
+                print(f"EMERGENCY {step} met_deadline={report.met_deadline}", flush=True)
+                ckpt.exit_preempted()
+            if ckpt.should_save(step) or step == args.steps:
+                ckpt.save(step, tree, progress=progress)
+            if args.step_seconds:
+                time.sleep(args.step_seconds)
+        ckpt.flush()  # the last checkpoint is durable before the step reports success
+    return state
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--every", type=int, default=50, help="checkpoint every N steps")
+    ap.add_argument("--step-seconds", type=float, default=0.0, help="extra pause per step")
+    ap.add_argument("--reference", action="store_true")
+    ap.add_argument(
+        "--checkpointer",
+        choices=("async", "sync"),
+        default="async",
+        help="async: snapshot + background write (default); sync: write before continuing",
+    )
+    args = ap.parse_args(argv)
+    if args.reference:
+        print(json.dumps({"checksum": reference(args.steps, args.seed)}))
+        return 0
+
+    teacher = _teacher(args.seed)
+    state = (_train_async if args.checkpointer == "async" else _train_sync)(args, teacher)
     print(json.dumps({"checksum": checksum(state), "step": state["step"]}), flush=True)
     return 0
 

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from spot_workflows.errors import CheckpointError
+from spot_workflows.runtime import faults
 
 CHUNK = 64 * 1024 * 1024
 """Bytes per write call and per uploaded part."""
@@ -108,6 +109,7 @@ def _write_fd(
         while done < view.nbytes:
             if cancelled():
                 raise WriteCancelled(f"write of {path} cancelled after {done} bytes")
+            faults.writing_fd(fd, view[done : done + chunk])  # test-only; no-op unless armed
             done += os.write(fd, view[done : done + chunk])
         os.fsync(fd)
     finally:

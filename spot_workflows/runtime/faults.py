@@ -18,6 +18,7 @@ The kill is a real ``SIGKILL`` of the calling process: no handler, no cleanup, n
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import re
@@ -63,6 +64,14 @@ def _kind(out: IO[bytes]) -> str:
         if base == f"{name}.json" or base.endswith(f"-{name}.json"):
             return name
     return "data"
+
+
+def writing_fd(fd: int, piece: bytes | memoryview) -> None:
+    """Like :func:`writing`, for the async writer's raw file-descriptor writes (``data``)."""
+    if os.environ.get(ENV) and _armed("data"):
+        with contextlib.suppress(OSError):  # O_DIRECT may refuse an unaligned half
+            os.write(fd, piece[: len(piece) // 2])
+        _die()
 
 
 def writing(out: IO[bytes], chunk: bytes) -> None:

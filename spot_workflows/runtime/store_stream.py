@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from spot_workflows.errors import CheckpointError, ConfigError
+from spot_workflows.runtime import faults
 from spot_workflows.runtime.manifest import Manifest, ManifestFile, check_name
 from spot_workflows.runtime.store import LATEST, MANIFEST, CheckpointStore, log
 from spot_workflows.runtime.store_io import fsync_dir
@@ -94,6 +95,7 @@ class StreamingSave:
         missing = sorted(set(self._staged) - set(self._files))
         if missing:
             raise CheckpointError(f"cannot commit step {self.step}: {missing} not written")
+        faults.reached("staged")  # test-only fault injection; a no-op unless armed
         try:
             if self.local:
                 for final, tmp in self._staged.values():
@@ -122,6 +124,7 @@ class StreamingSave:
         """Retention after :meth:`commit`: drop leftovers and checkpoints beyond ``keep_last``
         (deleting gigabytes takes a while; the new checkpoint is already durable)."""
         if self._committed is not None:
+            faults.reached("tidy")
             self.store._tidy(self._committed)
             self.store._prune()
 

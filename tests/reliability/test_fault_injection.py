@@ -108,7 +108,7 @@ def test_lost_work_is_bounded_by_the_checkpoint_cadence(campaign):
 STEPS, EVERY = 48, 6
 
 
-def toy(fault: str) -> list[str]:
+def toy(fault: str, checkpointer: str) -> list[str]:
     # the fault reaches the trainer only (spot-run and the supervisor never write checkpoints)
     return [
         "env",
@@ -119,16 +119,25 @@ def toy(fault: str) -> list[str]:
         f"--steps={STEPS}",
         f"--every={EVERY}",
         "--step-seconds=0.01",
+        f"--checkpointer={checkpointer}",
     ]
 
 
-def test_steps_killed_mid_manifest_and_mid_write_then_reclaimed_finish_bit_identical(tmp_path):
+# data files per checkpoint: sync writes state.bin; async writes a shard and its index
+DATA_FILES = {"sync": 1, "async": 2}
+
+
+@pytest.mark.parametrize("checkpointer", ["async", "sync"])
+def test_steps_killed_mid_manifest_and_mid_write_then_reclaimed_finish_bit_identical(
+    tmp_path, checkpointer
+):
     # A: dies mid-manifest at its 2nd save (step 12), then a reclaim WITH a notice.
     # B: dies mid-write of its 3rd checkpoint (step 18), then a reclaim WITHOUT a notice (SIGKILL).
     policy = SpotPolicy(app_error_retries=2)  # a worker SIGKILLed outside a reclaim: exit 137
+    third_save = 2 * DATA_FILES[checkpointer] + 1  # the first data file of the 3rd checkpoint
     cases = {
-        "a": (toy("manifest:2@1"), dict(notice_window_s=0.5, grace_s=5.0)),
-        "b": (toy("data:3@1"), dict(notice_window_s=0.0, grace_s=0.0)),
+        "a": (toy("manifest:2@1", checkpointer), dict(notice_window_s=0.5, grace_s=5.0)),
+        "b": (toy(f"data:{third_save}@1", checkpointer), dict(notice_window_s=0.0, grace_s=0.0)),
     }
     runners, backends = {}, []
     for key, (command, market) in cases.items():

@@ -182,3 +182,17 @@ def test_invalid_policy_names_the_field(field, value):
 def test_unknown_strategy_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown escalation strategy 'magic'"):
         decide([], SpotPolicy(strategy="magic"), now=0)
+
+
+def test_budget_window_counts_the_time_a_stop_takes():
+    from spot_workflows.core.deadline import Outlook
+
+    running = done(1, SPOT, P).model_copy(
+        update={"state": AttemptState.RUNNING, "outcome": None, "started_at": 0.0, "ended_at": None}
+    )
+    policy = SpotPolicy(budget_usd=10, spot_usd_per_hour=3600.0)  # $1 a second
+    quick = Outlook(tick_s=1.0, stop_s=0.0)  # 2 ticks = $2 of reserve
+    slow = Outlook(tick_s=1.0, stop_s=3.0)  # + 3 s to stop = $5 of reserve
+    assert decide([running], policy, now=6, spent_usd=6.0, outlook=quick).action is Action.WAIT
+    stop = decide([running], policy, now=6, spent_usd=6.0, outlook=slow)
+    assert stop.action is Action.CANCEL and "budget cap" in stop.reason
