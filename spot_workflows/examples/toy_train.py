@@ -23,6 +23,8 @@ import random
 import struct
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 DIM = 48
 BATCH = 64
@@ -94,52 +96,44 @@ def load_checkpoint(store, manifest) -> dict:
     return unpack(load_state(store, manifest)["state"])
 
 
-def _train_sync(args: argparse.Namespace, teacher: list[float]) -> dict:
+def _open(kind: str, every: int) -> tuple[Any, dict | None, Callable[[dict], dict]]:
+    """(checkpointer, restored state or None, state -> files to save) for ``--checkpointer``."""
+    if kind == "async":
+        from spot_workflows.runtime.async_checkpoint import AsyncCheckpointer
+
+        ckpt: Any = AsyncCheckpointer.from_env(every_steps=every)
+        restored = ckpt.restore()
+        state = unpack(restored.state["state"]) if restored else None
+        return ckpt, state, lambda s: {"state": pack(s)}
     from spot_workflows.runtime.checkpoint import Checkpointer
 
-    ckpt = Checkpointer.from_env(every_steps=args.every)
+    ckpt = Checkpointer.from_env(every_steps=every)
     restored = ckpt.restore()
-    state = unpack(restored.read("state.bin")) if restored else fresh_state()
-    print(f"RESUME {state['step']}" if restored else "START 0", flush=True)
-    while state["step"] < args.steps:
-        train_step(state, args.seed, teacher)
-        step = state["step"]
-        print(f"STEP {step}", flush=True)
-        files = {"state.bin": pack(state)}
-        progress = step / args.steps
-        if ckpt.stop_requested:
-            report = ckpt.emergency_save(step, files, progress=progress)
-            print(f"EMERGENCY {step} met_deadline={report.met_deadline}", flush=True)
-            ckpt.exit_preempted()
-        if ckpt.should_save(step) or step == args.steps:
-            ckpt.save(step, files, progress=progress)
-        if args.step_seconds:
-            time.sleep(args.step_seconds)
-    return state
+    state = unpack(restored.read("state.bin")) if restored else None
+    return ckpt, state, lambda s: {"state.bin": pack(s)}
 
 
-def _train_async(args: argparse.Namespace, teacher: list[float]) -> dict:
-    from spot_workflows.runtime.async_checkpoint import AsyncCheckpointer
-
-    with AsyncCheckpointer.from_env(every_steps=args.every) as ckpt:
-        restored = ckpt.restore()
-        state = unpack(restored.state["state"]) if restored else fresh_state()
-        print(f"RESUME {state['step']}" if restored else "START 0", flush=True)
+def train(args: argparse.Namespace, teacher: list[float]) -> dict:
+    """Train to ``args.steps`` from the newest checkpoint, saving on the cadence and on a notice."""
+    ckpt, state, files = _open(args.checkpointer, args.every)
+    with ckpt:
+        print("START 0" if state is None else f"RESUME {state['step']}", flush=True)
+        state = state or fresh_state()
         while state["step"] < args.steps:
             train_step(state, args.seed, teacher)
             step = state["step"]
             print(f"STEP {step}", flush=True)
-            tree = {"state": pack(state)}
             progress = step / args.steps
             if ckpt.stop_requested:
-                report = ckpt.emergency_save(step, tree, progress=progress)
+                report = ckpt.emergency_save(step, files(state), progress=progress)
                 print(f"EMERGENCY {step} met_deadline={report.met_deadline}", flush=True)
                 ckpt.exit_preempted()
             if ckpt.should_save(step) or step == args.steps:
-                ckpt.save(step, tree, progress=progress)
+                ckpt.save(step, files(state), progress=progress)
             if args.step_seconds:
                 time.sleep(args.step_seconds)
-        ckpt.flush()  # the last checkpoint is durable before the step reports success
+        if args.checkpointer == "async":
+            ckpt.flush()  # the last checkpoint is durable (raises if its write failed)
     return state
 
 
@@ -162,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     teacher = _teacher(args.seed)
-    state = (_train_async if args.checkpointer == "async" else _train_sync)(args, teacher)
+    state = train(args, teacher)
     print(json.dumps({"checksum": checksum(state), "step": state["step"]}), flush=True)
     return 0
 

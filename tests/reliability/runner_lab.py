@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import random
 import select
@@ -279,70 +278,12 @@ def summarize(records: list[dict]) -> dict:
 def moto_infra(out: Path) -> Iterator[tuple[dict, dict]]:
     """A moto server with the Batch queues (spot, on-demand) bootstrapped and an S3 bucket;
     yields the lab config and the fake credentials the lab process needs."""
-    import urllib.request
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: moto_lab
+    from moto_lab import FAKE_AWS_ENV, bootstrap_queues, moto_server
 
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    from spot_workflows.backends.aws_bootstrap import Bootstrap, BootstrapConfig
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    creds = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-        "AWS_CONFIG_FILE": os.devnull,
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
-    saved = {k: os.environ.get(k) for k in [*creds, "AWS_PROFILE", "AWS_SESSION_TOKEN"]}
-    saved.update(
-        {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "MOTO_SIMPLE_BATCH_FAIL_AFTER")}
-    )
-    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-        os.environ.pop(var, None)
-    os.environ.pop("MOTO_SIMPLE_BATCH_FAIL_AFTER", None)
-    os.environ.update(creds)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    try:
-        for path, data in (
-            ("/moto-api/reset", b""),
-            ("/moto-api/config", b'{"batch": {"use_docker": false}}'),
-        ):
-            req = urllib.request.Request(url + path, data=data, method="POST")
-            req.add_header("Content-Type", "application/json")
-            urllib.request.urlopen(req, timeout=30).read()
-
-        def client(service: str):
-            return boto3.client(service, endpoint_url=url, region_name="us-east-1")
-
-        ec2, iam = client("ec2"), client("iam")
-        trust = {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    "Effect": "Allow",
-                    "Principal": {"Service": "batch.amazonaws.com"},
-                    "Action": "sts:AssumeRole",
-                }
-            ],
-        }
-        role = iam.create_role(RoleName="batch-service", AssumeRolePolicyDocument=json.dumps(trust))
-        iam.create_instance_profile(InstanceProfileName="ecsInstanceRole")
-        config = BootstrapConfig(
-            region="us-east-1",
-            subnets=[s["SubnetId"] for s in ec2.describe_subnets()["Subnets"][:3]],
-            security_groups=[
-                g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"][:1]
-            ],
-            service_role=role["Role"]["Arn"],
-        )
-        boot = Bootstrap(config=config, endpoint_url=url)
-        boot.apply()
-        client("s3").create_bucket(Bucket="ckpt")
+    with moto_server() as moto:
+        boot = bootstrap_queues(moto, bucket="ckpt")
+        url = moto.url
         outputs = boot.outputs()
         cfg = {
             "kind": "aws",
@@ -353,14 +294,7 @@ def moto_infra(out: Path) -> Iterator[tuple[dict, dict]]:
             "on_demand_queue": outputs["on_demand_queue"],
             "out": str(out),
         }
-        yield cfg, creds
-    finally:
-        server.stop()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        yield cfg, dict(FAKE_AWS_ENV)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,6 @@ import logging
 import os
 import random
 import secrets
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -193,28 +192,11 @@ def test_seeded_fault_campaign_never_loses_the_last_good_checkpoint():
 
 @pytest.fixture(scope="module")
 def s3_options() -> Iterator[dict]:
-    from moto.server import ThreadedMotoServer
+    from moto_lab import moto_server
 
-    with pytest.MonkeyPatch.context() as mp:
-        for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-            mp.delenv(var, raising=False)
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        url = f"http://{host}:{port}"
-        try:
-            import boto3
-
-            boto3.client("s3", endpoint_url=url).create_bucket(Bucket="faults")
-            yield {"endpoint_url": url, "skip_instance_cache": True}
-        finally:
-            req = urllib.request.Request(url + "/moto-api/reset", data=b"", method="POST")
-            urllib.request.urlopen(req, timeout=30).read()
-            server.stop()
+    with moto_server() as moto:
+        moto.client("s3").create_bucket(Bucket="faults")
+        yield moto.s3_options
 
 
 @pytest.fixture(scope="module")

@@ -10,90 +10,35 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 
+import boto3
 import pytest
+from moto_lab import REGION, bootstrap_queues, moto_server
 
-boto3 = pytest.importorskip("boto3")
-moto_server = pytest.importorskip("moto.server")
+from spot_workflows.ledger import Ledger
+from spot_workflows.runtime.store import CheckpointStore
 
-from spot_workflows.backends.aws_bootstrap import Bootstrap, BootstrapConfig  # noqa: E402
-from spot_workflows.ledger import Ledger  # noqa: E402
-from spot_workflows.runtime.store import CheckpointStore  # noqa: E402
-
-REGION = "us-east-1"
 RECLAIM = "Host EC2 (instance i-0f1e2d3c4b5a69788) terminated."
-TRUST = json.dumps(
-    {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Principal": {"Service": "batch.amazonaws.com"},
-                "Action": "sts:AssumeRole",
-            }
-        ],
-    }
-)
 
 
 @pytest.fixture(scope="module")
-def moto_url():
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    with pytest.MonkeyPatch.context() as mp:
-        for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-            mp.delenv(var, raising=False)
-        for var, value in {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-            "AWS_CONFIG_FILE": os.devnull,
-            "AWS_EC2_METADATA_DISABLED": "true",
-        }.items():
-            mp.setenv(var, value)
-        server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        try:
-            yield f"http://{host}:{port}"
-        finally:
-            server.stop()
+def moto():
+    with moto_server() as server:
+        yield server
 
 
 @pytest.fixture
-def aws(moto_url, tmp_path, monkeypatch):
+def aws(moto, tmp_path, monkeypatch):
     """Bootstrapped Batch queues on a reset moto, and an ``aws`` connection pointing at them;
     moto is reset again afterwards (its state is per process, shared by every moto server)."""
-    import urllib.request
-
-    def post(path: str, body: dict | None = None) -> None:
-        data = json.dumps(body or {}).encode()
-        req = urllib.request.Request(moto_url + path, data=data, method="POST")
-        urllib.request.urlopen(req, timeout=30).read()
-
-    post("/moto-api/reset")
-    post("/moto-api/config", {"batch": {"use_docker": False}})
+    moto.reset()
     monkeypatch.delenv("MOTO_SIMPLE_BATCH_FAIL_AFTER", raising=False)
-    ec2 = boto3.client("ec2", endpoint_url=moto_url, region_name=REGION)
-    iam = boto3.client("iam", endpoint_url=moto_url, region_name=REGION)
-    role = iam.create_role(RoleName="batch-service", AssumeRolePolicyDocument=TRUST)["Role"]
-    iam.create_instance_profile(InstanceProfileName="ecsInstanceRole")
-    config = BootstrapConfig(
-        region=REGION,
-        subnets=[s["SubnetId"] for s in ec2.describe_subnets()["Subnets"][:2]],
-        security_groups=[g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"]][
-            :1
-        ],
-        service_role=role["Arn"],
-    )
-    boot = Bootstrap(config=config, endpoint_url=moto_url)
-    boot.apply()
+    boot = bootstrap_queues(moto, subnets=2, bucket=None)
     out = boot.outputs()
     extra = {
         "region_name": REGION,
-        "endpoint_url": moto_url,
+        "endpoint_url": moto.url,
         "spot_queue": out["spot_queue"],
         "on_demand_queue": out["on_demand_queue"],
         "events_queue_url": out["events_queue_url"],
@@ -103,9 +48,9 @@ def aws(moto_url, tmp_path, monkeypatch):
         "AIRFLOW_CONN_AWS_MOTO",
         json.dumps({"conn_type": "aws", "login": "testing", "password": "testing", "extra": extra}),
     )
-    batch = boto3.client("batch", endpoint_url=moto_url, region_name=REGION)
+    batch = moto.client("batch")
     yield {"conn_id": "aws_moto", "batch": batch, **out}
-    post("/moto-api/reset")  # moto's state is per process: leave none for other test modules
+    moto.reset()  # moto's state is per process: leave none for other test modules
 
 
 def jobs_in(batch, queue: str) -> list[dict]:

@@ -2,89 +2,26 @@
 
 from __future__ import annotations
 
-import json
-import os
-import urllib.request
 from collections.abc import Iterator
 from types import SimpleNamespace
 
-import boto3
 import pytest
-from moto.server import ThreadedMotoServer
+from moto_lab import REGION, bootstrap_queues, moto_server
 from prefect import flow
 
-from spot_workflows.backends.aws_bootstrap import Bootstrap, BootstrapConfig
 from spot_workflows.core.outcomes import Capacity, Outcome
 from spot_workflows.prefect import AwsBatchBackendBlock, SpotPolicyBlock, event_name, spot_task
 
-REGION = "us-east-1"
 RECLAIM = "Host EC2 (instance i-0a1b2c3d4e5f60718) terminated."
-TRUST = json.dumps(
-    {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Principal": {"Service": "batch.amazonaws.com"},
-                "Action": "sts:AssumeRole",
-            }
-        ],
-    }
-)
 
 
 @pytest.fixture(scope="module")
 def aws() -> Iterator[SimpleNamespace]:
-    with pytest.MonkeyPatch.context() as mp:
-        for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-            mp.delenv(var, raising=False)
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp.setenv("AWS_DEFAULT_REGION", REGION)
-        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
-        mp.setenv("AWS_CONFIG_FILE", os.devnull)
-        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        url = f"http://{host}:{port}"
-        try:
-            req = urllib.request.Request(
-                url + "/moto-api/config",
-                data=json.dumps({"batch": {"use_docker": False}}).encode(),
-                method="POST",
-                headers={"Content-Type": "application/json"},
-            )
-            urllib.request.urlopen(req, timeout=30).read()
-
-            def client(service: str):
-                return boto3.client(service, endpoint_url=url, region_name=REGION)
-
-            iam = client("iam")
-            role = iam.create_role(RoleName="batch-service", AssumeRolePolicyDocument=TRUST)
-            iam.create_instance_profile(InstanceProfileName="ecsInstanceRole")
-            ec2 = client("ec2")
-            boot = Bootstrap(
-                config=BootstrapConfig(
-                    region=REGION,
-                    subnets=[s["SubnetId"] for s in ec2.describe_subnets()["Subnets"][:2]],
-                    security_groups=[
-                        g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"][:1]
-                    ],
-                    service_role=role["Role"]["Arn"],
-                ),
-                endpoint_url=url,
-            )
-            boot.apply()
-            client("s3").create_bucket(Bucket="ckpt")
-            yield SimpleNamespace(url=url, outputs=boot.outputs(), batch=client("batch"), mp=mp)
-        finally:
-            # moto's state is per process: leave it clean for other modules' servers
-            urllib.request.urlopen(
-                urllib.request.Request(url + "/moto-api/reset", data=b"", method="POST"),
-                timeout=30,
-            ).read()
-            server.stop()
+    with moto_server() as moto, pytest.MonkeyPatch.context() as mp:
+        boot = bootstrap_queues(moto, subnets=2, bucket="ckpt")
+        yield SimpleNamespace(
+            url=moto.url, outputs=boot.outputs(), batch=moto.client("batch"), mp=mp
+        )
 
 
 def test_reclaims_on_aws_batch_resume_from_the_checkpoint_and_escalate(aws, wait_for_events):

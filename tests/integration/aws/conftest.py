@@ -1,102 +1,30 @@
-"""A real moto server (DESIGN §7): boto3 talks HTTP to it; no Docker, no cloud.
+"""A real moto server (DESIGN §7, ``tests/moto_lab.py``): boto3 talks HTTP to it; no Docker.
 
-One ``ThreadedMotoServer`` per session on 127.0.0.1 (port 0); Batch runs in moto's simple mode
-(``{"batch": {"use_docker": false}}``: jobs finish at submit, and fail instead when
-``MOTO_SIMPLE_BATCH_FAIL_AFTER`` is set). Every test starts from a reset server.
+One server per session; Batch runs in moto's simple mode (jobs finish at submit, and fail
+instead when ``MOTO_SIMPLE_BATCH_FAIL_AFTER`` is set). Every test starts from a reset server.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import boto3
 import pytest
-from moto.server import ThreadedMotoServer
+from moto_lab import REGION, Moto, bootstrap_queues, make_boot_config
+from moto_lab import moto_server as start_moto
 
 from spot_workflows.backends.aws_batch import AwsBatchBackend
-from spot_workflows.backends.aws_bootstrap import Bootstrap, BootstrapConfig
+from spot_workflows.backends.aws_bootstrap import Bootstrap
 from spot_workflows.runner import RunnerEvent
 from spot_workflows.runtime.store import CheckpointStore
-
-REGION = "us-east-1"
-TRUST = json.dumps(
-    {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Principal": {"Service": "batch.amazonaws.com"},
-                "Action": "sts:AssumeRole",
-            }
-        ],
-    }
-)
-
-
-@dataclass
-class Moto:
-    url: str
-
-    def post(self, path: str, body: Any = b"") -> bytes:
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        kind = "text/plain" if isinstance(body, bytes) else "application/json"
-        req = urllib.request.Request(
-            self.url + path, data=data, method="POST", headers={"Content-Type": kind}
-        )
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.read()
-
-    def client(self, service: str, **kw: Any) -> Any:
-        return boto3.client(service, endpoint_url=self.url, region_name=REGION, **kw)
-
-    def batch_docker_mode(self, on: bool) -> None:
-        """Batch's threaded job model (``use_docker``) walks SUBMITTED -> ... -> RUNNING."""
-        self.post("/moto-api/config", {"batch": {"use_docker": on}})
-
-    def job_transition(self, transition: dict | None) -> None:
-        if transition is None:
-            self.post("/moto-api/state-manager/unset-transition", {"model_name": "batch::job"})
-        else:
-            self.post(
-                "/moto-api/state-manager/set-transition",
-                {"model_name": "batch::job", "transition": transition},
-            )
-
-    def enforce_auth(self, on: bool) -> None:
-        """moto checks signatures and IAM policies from now on (or stops checking)."""
-        self.post("/moto-api/reset-auth", b"0" if on else b"inf")
-
-    @property
-    def s3_options(self) -> dict:
-        return {"endpoint_url": self.url, "skip_instance_cache": True}
 
 
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[Moto]:
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    with pytest.MonkeyPatch.context() as mp:
-        for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-            mp.delenv(var, raising=False)
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp.setenv("AWS_DEFAULT_REGION", REGION)
-        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
-        mp.setenv("AWS_CONFIG_FILE", os.devnull)
-        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        try:
-            yield Moto(url=f"http://{host}:{port}")
-        finally:
-            server.stop()
+    with start_moto() as moto:
+        yield moto
 
 
 @pytest.fixture
@@ -104,13 +32,11 @@ def moto(moto_server: Moto, monkeypatch: pytest.MonkeyPatch) -> Iterator[Moto]:
     monkeypatch.delenv("MOTO_SIMPLE_BATCH_FAIL_AFTER", raising=False)
     # moto keeps its state per process, shared by every server in it: start clean even if
     # another test module (e.g. the Prefect-on-AWS e2e test) ran its own server before us.
-    moto_server.post("/moto-api/reset")
-    moto_server.batch_docker_mode(False)
+    moto_server.reset()
     yield moto_server
     moto_server.enforce_auth(False)
     moto_server.job_transition(None)
-    moto_server.batch_docker_mode(False)
-    moto_server.post("/moto-api/reset")
+    moto_server.reset()
 
 
 @dataclass
@@ -146,21 +72,6 @@ class Infra:
         return list(out.values())
 
 
-def make_roles(moto: Moto) -> str:
-    iam = moto.client("iam")
-    role = iam.create_role(RoleName="batch-service", AssumeRolePolicyDocument=TRUST)["Role"]["Arn"]
-    iam.create_instance_profile(InstanceProfileName="ecsInstanceRole")
-    return role
-
-
-def make_boot_config(moto: Moto, **kw: Any) -> BootstrapConfig:
-    ec2 = moto.client("ec2")
-    subnets = [s["SubnetId"] for s in ec2.describe_subnets()["Subnets"][:3]]
-    groups = [g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"][:1]]
-    kw.setdefault("service_role", make_roles(moto))
-    return BootstrapConfig(region=REGION, subnets=subnets, security_groups=groups, **kw)
-
-
 @pytest.fixture
 def boot_config():
     """``boot_config(moto, **overrides)``: a BootstrapConfig on moto's default VPC + IAM roles."""
@@ -169,9 +80,7 @@ def boot_config():
 
 @pytest.fixture
 def infra(moto: Moto) -> Infra:
-    boot = Bootstrap(config=make_boot_config(moto), endpoint_url=moto.url)
-    boot.apply()
-    moto.client("s3").create_bucket(Bucket="ckpt")
+    boot = bootstrap_queues(moto, bucket="ckpt")
     return Infra(moto=moto, boot=boot, outputs=boot.outputs())
 
 
