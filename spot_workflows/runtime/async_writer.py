@@ -345,13 +345,18 @@ class AsyncCheckpointWriter:
             return bulk_io.write_local(
                 path, view, direct=self.direct_io and aligned, cancelled=self._cancel.is_set
             )
-        return bulk_io.upload(
-            self.store.fs,
-            path,
-            view,
-            workers=max(4, 2 * self.io_threads),
-            part_bytes=self.part_bytes,
-            cancelled=self._cancel.is_set,
+        # a whole-object upload is idempotent: retry transient errors (throttling, 5xx, resets)
+        # with the store's bounded backoff, like every synchronous write
+        return self.store.retry.call(
+            lambda: bulk_io.upload(
+                self.store.fs,
+                path,
+                view,
+                workers=max(4, 2 * self.io_threads),
+                part_bytes=self.part_bytes,
+                cancelled=self._cancel.is_set,
+            ),
+            what=path,
         )
 
 

@@ -256,3 +256,32 @@ def test_gcsfs_http_errors_are_translated_not_leaked(gcs_options):
     faults.add("read", r"ledger.json$", gcs_unavailable, times=None)
     with pytest.raises(CheckpointError, match="could not read"):
         store.read("ledger.json")
+
+
+# -- the async checkpointer's uploads go through the same retry policy ---------------------------
+
+
+def test_async_uploads_retry_transient_errors_and_a_dead_store_keeps_the_previous_checkpoint():
+    from spot_workflows.runtime.async_checkpoint import load_state
+    from spot_workflows.runtime.async_writer import AsyncCheckpointWriter
+
+    store, faults, sleeps = faulty(mem_store())
+    writer = AsyncCheckpointWriter(store)
+    try:
+        writer.save(1, {"w": b"one" * 1000}, progress=0.1).result()
+        faults.add("write", r"step-2/.*state-000\.bin$", s3_slowdown, 3)
+        writer.save(2, {"w": b"two" * 1000}, progress=0.2).result()
+        assert faults.injected == 3 and len(sleeps) == 3  # three throttles absorbed
+        assert load_state(store, store.latest())["w"] == b"two" * 1000
+
+        faults.add("write", r"step-3/.*state-000\.bin$", gcs_unavailable, times=None)
+        with pytest.raises(CheckpointError):
+            writer.save(3, {"w": b"three" * 1000}, progress=0.3).result()
+        assert faults.count("write", r"step-3/.*state-000\.bin$") == store.retry.attempts
+    finally:
+        writer.close()
+    clean = CheckpointStore(store.uri)
+    clean.fs = store.fs.inner
+    latest = clean.latest()
+    assert latest is not None and latest.step == 2
+    assert load_state(clean, latest)["w"] == b"two" * 1000
