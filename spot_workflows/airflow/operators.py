@@ -39,7 +39,7 @@ from spot_workflows.airflow.triggers import SpotJobTrigger
 from spot_workflows.config import SpotPolicy, StepSpec
 from spot_workflows.core.outcomes import Action, AttemptState, Capacity, Decision
 from spot_workflows.errors import ConfigError, LedgerError
-from spot_workflows.runner import RunnerEvent, StepRunner
+from spot_workflows.runner import RunnerEvent, StepRunner, market_probe
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -165,6 +165,7 @@ class SpotStepOperator(BaseOperator):
                 policy=policy,
                 poll_interval=self.replan_interval,  # the planner's tick: how often it decides
                 on_event=self._log_event,
+                spot_probe=market_probe(backend),  # local market: deadline policies may go back
             )
         except (ConfigError, LedgerError) as exc:  # retrying cannot fix these
             raise AirflowFailException(f"{self.task_id}: {exc}") from exc

@@ -37,7 +37,7 @@ from spot_workflows.errors import ConfigError, StepFailedError
 from spot_workflows.prefect.artifacts import publish_step_artifact
 from spot_workflows.prefect.blocks import SpotBackendBlock, SpotPolicyBlock
 from spot_workflows.prefect.events import StepEventEmitter
-from spot_workflows.runner import RunnerEvent, StepRunner
+from spot_workflows.runner import RunnerEvent, StepRunner, market_probe
 
 P = ParamSpec("P")
 BackendLike = SpotBackendBlock | Backend
@@ -199,6 +199,7 @@ def execute_step(
             store=store,
             poll_interval=poll_interval,
             on_event=handle,
+            spot_probe=market_probe(live),  # local market: deadline policies may go back to SPOT
         )
         with _artifact_on_exit(runner, backend=live.name, enabled=artifact, logger=logger):
             result = runner.run()
