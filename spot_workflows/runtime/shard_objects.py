@@ -24,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 
 from spot_workflows.errors import CheckpointError, ConfigError, CorruptCheckpointError
 from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.store_io import fsync_dir
 
 TMP_PREFIX = ".spot-tmp-"
 _MEMORY_LOCK = threading.Lock()  # memory:// lives in one process: a lock makes create exclusive
@@ -89,14 +90,8 @@ class ShardObjects:
             return False
         finally:
             os.unlink(tmp)
-        if not durable:
-            return True
-        with contextlib.suppress(OSError):
-            fd = os.open(head, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        if durable:
+            fsync_dir(head)
         return True
 
     def write_object(self, rel: str, value: bytes | Path) -> tuple[int, str]:

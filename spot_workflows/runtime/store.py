@@ -184,6 +184,25 @@ class CheckpointStore:
             raise ConfigError(f"file names must be unique and not {MANIFEST!r}: {sorted(names)}")
         return out
 
+    def check_new_save(
+        self, step: int, progress: float | None, metadata: dict[str, Any] | None
+    ) -> None:
+        """Validate a save's arguments, and refuse a step older than a visible checkpoint."""
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ConfigError(f"checkpoint step must be an integer >= 0, got {step!r}")
+        if progress is not None and not 0.0 <= progress <= 1.0:
+            raise ConfigError(f"progress must be a fraction between 0 and 1, got {progress!r}")
+        try:
+            json.dumps(metadata or {}, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"checkpoint metadata must be JSON-serializable: {exc}") from exc
+        for other in self._step_dirs():
+            if other > step and self.fs.exists(self._path(f"step-{other}/{MANIFEST}")):
+                raise CheckpointError(
+                    f"cannot save step {step}: {self.uri} already holds a newer checkpoint (step "
+                    f"{other}). Call restore() and continue from it, or use a fresh checkpoint URI."
+                )
+
     def save(
         self,
         step: int,
@@ -197,21 +216,8 @@ class CheckpointStore:
         Values are bytes or paths (streamed in chunks; a directory adds every file under it as
         ``name/<relative path>``). Re-saving a visible step replaces it atomically.
         """
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ConfigError(f"checkpoint step must be an integer >= 0, got {step!r}")
-        if progress is not None and not 0.0 <= progress <= 1.0:
-            raise ConfigError(f"progress must be a fraction between 0 and 1, got {progress!r}")
-        try:
-            json.dumps(metadata or {}, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"checkpoint metadata must be JSON-serializable: {exc}") from exc
         entries = self._expand(files)
-        for other in self._step_dirs():
-            if other > step and self.fs.exists(self._path(f"step-{other}/{MANIFEST}")):
-                raise CheckpointError(
-                    f"cannot save step {step}: {self.uri} already holds a newer checkpoint (step "
-                    f"{other}). Call restore() and continue from it, or use a fresh checkpoint URI."
-                )
+        self.check_new_save(step, progress, metadata)
         old = self._load_manifest(step, warn=False)
         draft = Manifest(
             step=step,

@@ -12,7 +12,6 @@ leaves the previous checkpoint the newest valid one.
 
 from __future__ import annotations
 
-import json
 import os
 import posixpath
 import secrets
@@ -39,20 +38,7 @@ class StreamingSave:
         progress: float | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ConfigError(f"checkpoint step must be an integer >= 0, got {step!r}")
-        if progress is not None and not 0.0 <= progress <= 1.0:
-            raise ConfigError(f"progress must be a fraction between 0 and 1, got {progress!r}")
-        try:
-            json.dumps(metadata or {}, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"checkpoint metadata must be JSON-serializable: {exc}") from exc
-        for other in store._step_dirs():
-            if other > step and store.fs.exists(store._path(f"step-{other}/{MANIFEST}")):
-                raise CheckpointError(
-                    f"cannot save step {step}: {store.uri} already holds a newer checkpoint (step "
-                    f"{other}). Call restore() and continue from it, or use a fresh checkpoint URI."
-                )
+        store.check_new_save(step, progress, metadata)
         old = store._load_manifest(step, warn=False)
         self.store = store
         self.local: bool = store._local
