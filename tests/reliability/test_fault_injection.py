@@ -190,5 +190,8 @@ def test_steps_killed_mid_manifest_and_mid_write_then_reclaimed_finish_bit_ident
             assert third.resumed_from_step == reached
         else:  # SIGKILL at the reclaim: back to the last periodic checkpoint
             assert third.resumed_from_step % EVERY == 0
-            assert reached - EVERY <= third.resumed_from_step <= reached
+            # sync saves are durable when save() returns; an async save may still be in flight
+            # at the kill (policy "wait": at most one), so the one before it is the newest durable
+            lag = {"sync": 1, "async": 2}[checkpointer] * EVERY
+            assert reached - lag <= third.resumed_from_step <= reached
             assert second.exit_code == 137
