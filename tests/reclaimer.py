@@ -1,9 +1,14 @@
-"""A progress-driven reclaim for end-to-end tests of sharded steps on the local backend.
+"""Progress-driven reclaims for end-to-end tests on the local backend.
 
-Time-based reclaims miss the work on a loaded machine (the step may not have committed anything
-yet, or may already be done); this reclaims the first launched spot attempt once ``shards``
-shards are committed and a progress checkpoint exists, through ``LocalBackend.reclaim`` on the
-shared state directory (the backend in the orchestrator sees it on its next tick).
+Time-based reclaims miss the work on a loaded machine (the step may not have started training or
+committed anything yet, or may already be done). These reclaim through ``LocalBackend.reclaim``
+on the shared state directory (the backend in the orchestrator sees it on its next tick, and the
+worker gets the market's notice first):
+
+* ``reclaim_after_shards``: the first launched spot attempt of a sharded step, once ``shards``
+  shards are committed and a progress checkpoint exists;
+* ``reclaim_after_steps``: the n-th launched spot attempt of a ``toy_train`` step once its log
+  shows training step ``at_steps[n]``.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import time
 from pathlib import Path
 
 from spot_workflows.backends.local import LocalBackend
+from spot_workflows.demo import last_step_in_log
 from spot_workflows.runtime.store import CheckpointStore
 
 
@@ -48,6 +54,36 @@ def reclaim_after_shards(
                         return
                 time.sleep(0.05)
             done["error"] = f"timed out: {len(markers)} shards done, {len(jobs)} spot jobs"
+        except Exception as exc:  # reported through the dict, asserted by the test
+            done["error"] = repr(exc)
+
+    threading.Thread(target=watch, daemon=True).start()
+    return done
+
+
+def reclaim_after_steps(state_root: Path, at_steps: list[int], *, timeout_s: float = 180.0) -> dict:
+    """Start the watcher; the returned dict gets ``job_ids`` (those reclaimed, in order) and
+    ``error`` if it could not reclaim them all."""
+    done: dict = {"job_ids": []}
+
+    def watch() -> None:
+        deadline = time.time() + timeout_s
+        try:
+            while time.time() < deadline and len(done["job_ids"]) < len(at_steps):
+                jobs = sorted(
+                    _launched_spot_jobs(Path(state_root)), key=lambda j: j[1]["launched_at"]
+                )
+                n = len(done["job_ids"])
+                if len(jobs) > n:
+                    state_dir, job = jobs[n]
+                    backend = LocalBackend(state_dir=state_dir)
+                    reached = last_step_in_log(backend.log_path(job["job_id"])) or 0
+                    if reached >= at_steps[n]:
+                        backend.reclaim(job["job_id"])
+                        done["job_ids"].append(job["job_id"])
+                time.sleep(0.02)
+            if len(done["job_ids"]) < len(at_steps):
+                done["error"] = f"timed out after reclaiming {done['job_ids']}"
         except Exception as exc:  # reported through the dict, asserted by the test
             done["error"] = repr(exc)
 

@@ -63,7 +63,7 @@ def load_state(
     map_location: Any = None,
     allow_pickle: bool = False,
 ) -> Any:
-    """Read an async checkpoint back into a state tree, verifying every file's sha256.
+    """Read an async checkpoint back into a state tree, verifying every file's checksum.
 
     ``map_location``: where tensors go (a device such as ``"cpu"``, a ``{saved: target}`` dict
     or a callable); by default each goes back to the device it was saved from.
@@ -81,13 +81,15 @@ def load_state(
         out = memoryview(bytearray(f.size))
         path = store._path(manifest.relpath(f.name))
         try:
-            digest = bulk_io.read_into(store.fs, path, out, local=store._local)
+            digest = bulk_io.read_into(
+                store.fs, path, out, local=store._local, algorithm=f.algorithm
+            )
         except (FileNotFoundError, CheckpointError):
             digest = None
-        if digest != f.sha256:
+        if not f.matches(f.size, digest):
             raise CorruptCheckpointError(
                 f"checkpoint file {store.uri}/{manifest.relpath(f.name)} is missing or does not "
-                f"match its recorded size/sha256. The checkpoint is damaged: delete "
+                f"match its recorded size/{f.algorithm}. The checkpoint is damaged: delete "
                 f"{store.uri}/step-{manifest.step}/manifest.json so restore() falls back to an "
                 "older checkpoint, or start from scratch."
             )
@@ -108,6 +110,7 @@ class AsyncCheckpointer:
         shard_bytes: int | None = None,
         pin_memory: bool | None = None,
         direct_io: bool = True,
+        checksum: str | None = None,
     ) -> None:
         self.checkpointer = checkpointer
         self.writer = AsyncCheckpointWriter(
@@ -117,6 +120,7 @@ class AsyncCheckpointer:
             shard_bytes=shard_bytes,
             pin_memory=pin_memory,
             direct_io=direct_io,
+            checksum=checksum,
         )
 
     @classmethod
@@ -128,6 +132,7 @@ class AsyncCheckpointer:
         shard_bytes: int | None = None,
         pin_memory: bool | None = None,
         direct_io: bool = True,
+        checksum: str | None = None,
         environ: Mapping[str, str] | None = None,
         **checkpointer_kw: Any,
     ) -> AsyncCheckpointer:
@@ -140,6 +145,7 @@ class AsyncCheckpointer:
             shard_bytes=shard_bytes,
             pin_memory=pin_memory,
             direct_io=direct_io,
+            checksum=checksum,
         )
 
     def __repr__(self) -> str:

@@ -4,7 +4,8 @@
 copies run on a side stream) and returns a :class:`SaveTicket` at once. A background thread then
 writes the snapshot through the :class:`CheckpointStore` (:class:`StreamingSave`): shards in
 parallel with large sequential writes (``O_DIRECT`` + fsync on local disks, parallel multipart
-uploads on S3/GCS), sha256 of every file, the manifest last.
+uploads on S3/GCS), a checksum of every file (crc32c by default, see ``digests.py``), the
+manifest last.
 
 When the next save is due while one is still being written, the :class:`InFlightPolicy` decides:
 ``SKIP`` returns a skipped ticket at once (training never waits; the cadence stays due, so the
@@ -22,7 +23,7 @@ from enum import StrEnum
 from typing import Any
 
 from spot_workflows.errors import CheckpointError, ConfigError
-from spot_workflows.runtime import bulk_io
+from spot_workflows.runtime import bulk_io, digests
 from spot_workflows.runtime.host_buffers import HostBufferPool
 from spot_workflows.runtime.manifest import Manifest
 from spot_workflows.runtime.snapshot import (
@@ -115,7 +116,8 @@ class AsyncCheckpointWriter:
     ``io_threads``: shards written (and hashed) in parallel, default ``min(4, cpus)``;
     ``shard_bytes``: the most bytes per shard file (default: the state split into ``io_threads``
     shards of at least 64 MiB); ``pin_memory``: None pins host buffers when CUDA is available;
-    ``direct_io``: use ``O_DIRECT`` for local shard files where the file system allows it.
+    ``direct_io``: use ``O_DIRECT`` for local shard files where the file system allows it;
+    ``checksum``: ``crc32c`` (default where its C extension is installed) or ``sha256``.
     """
 
     def __init__(
@@ -128,6 +130,7 @@ class AsyncCheckpointWriter:
         pin_memory: bool | None = None,
         direct_io: bool = True,
         part_bytes: int = bulk_io.CHUNK,
+        checksum: str | None = None,
     ) -> None:
         try:
             self.policy = InFlightPolicy(policy)
@@ -143,6 +146,7 @@ class AsyncCheckpointWriter:
         self.shard_bytes = shard_bytes
         self.direct_io = direct_io
         self.part_bytes = part_bytes
+        self.checksum = digests.check(checksum) if checksum is not None else digests.fastest()
         self.pool = HostBufferPool(pin=pin_memory)
         self._lock = threading.Lock()
         self._in_flight: SaveTicket | None = None
@@ -325,7 +329,8 @@ class AsyncCheckpointWriter:
         def run(lane: list[tuple[str, str, memoryview]]) -> None:
             try:
                 for path, name, view in lane:
-                    draft.record(name, *self._write_one(path, view, aligned=name != INDEX))
+                    size, digest = self._write_one(path, view, aligned=name != INDEX)
+                    draft.record(name, size, digest, self.checksum)
             except BaseException as exc:
                 self._cancel.set()  # stop the other lanes too
                 errors.append(exc)
@@ -343,7 +348,11 @@ class AsyncCheckpointWriter:
     def _write_one(self, path: str, view: memoryview, *, aligned: bool) -> tuple[int, str]:
         if self.store._local:
             return bulk_io.write_local(
-                path, view, direct=self.direct_io and aligned, cancelled=self._cancel.is_set
+                path,
+                view,
+                direct=self.direct_io and aligned,
+                cancelled=self._cancel.is_set,
+                algorithm=self.checksum,
             )
         # a whole-object upload is idempotent: retry transient errors (throttling, 5xx, resets)
         # with the store's bounded backoff, like every synchronous write
@@ -355,6 +364,7 @@ class AsyncCheckpointWriter:
                 workers=max(4, 2 * self.io_threads),
                 part_bytes=self.part_bytes,
                 cancelled=self._cancel.is_set,
+                algorithm=self.checksum,
             ),
             what=path,
         )

@@ -30,9 +30,27 @@ def check_name(name: object, *, what: str = "checkpoint file name") -> str:
 
 @dataclass(frozen=True)
 class ManifestFile:
+    """One file of a checkpoint: its size and exactly one checksum (see ``digests.py``)."""
+
     name: str
     size: int
-    sha256: str
+    sha256: str | None = None
+    crc32c: str | None = None
+
+    @property
+    def algorithm(self) -> str:
+        return "crc32c" if self.crc32c is not None else "sha256"
+
+    @property
+    def digest(self) -> str:
+        return self.crc32c if self.crc32c is not None else (self.sha256 or "")
+
+    @classmethod
+    def of(cls, name: str, size: int, digest: str, algorithm: str = "sha256") -> ManifestFile:
+        return cls(name, size, **{algorithm: digest})
+
+    def matches(self, size: int, digest: str | None) -> bool:
+        return size == self.size and digest == self.digest
 
 
 class Manifest(BaseModel):
@@ -53,6 +71,9 @@ class Manifest(BaseModel):
     @classmethod
     def _files(cls, files: list[ManifestFile]) -> list[ManifestFile]:
         names = [check_name(f.name) for f in files]
+        for f in files:
+            if (f.sha256 is None) == (f.crc32c is None) or f.size < 0:
+                raise ValueError(f"file {f.name!r} needs a size >= 0 and one of sha256/crc32c")
         if len(set(names)) != len(names):
             raise ValueError("duplicate file names in manifest")
         return files

@@ -8,7 +8,7 @@ On-disk format (``format: 1``), files of one checkpoint:
   ``numpy``, ``bytes``), dtype, shape, source device, shard, offset and size.
 
 The index is a small JSON file, so a checkpoint can be inspected without torch; every file is
-listed with its size and sha256 in the manifest like any other checkpoint file.
+listed with its size and checksum in the manifest like any other checkpoint file.
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ whose files have their recorded sizes, so a save killed at any moment leaves the
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -34,7 +33,7 @@ from pydantic import ValidationError
 
 from spot_workflows.config import validate_checkpoint_uri
 from spot_workflows.errors import CheckpointError, ConfigError, CorruptCheckpointError
-from spot_workflows.runtime import faults
+from spot_workflows.runtime import digests, faults
 from spot_workflows.runtime.manifest import (  # noqa: F401  (re-exported)
     CheckpointWarning,
     Manifest,
@@ -396,13 +395,13 @@ class CheckpointStore:
         )
 
     def read_file(self, manifest: Manifest, name: str) -> bytes:
-        """Contents of one checkpoint file, verified against its recorded size and sha256."""
+        """Contents of one checkpoint file, verified against its recorded size and checksum."""
         f = manifest.file(name)
         data = self._cat(self._path(manifest.relpath(f.name)))
         if data is None:
             raise self._corrupt(manifest, f, "is missing")
-        if len(data) != f.size or hashlib.sha256(data).hexdigest() != f.sha256:
-            raise self._corrupt(manifest, f, "does not match its recorded size/sha256")
+        if not f.matches(len(data), digests.of(data, f.algorithm)):
+            raise self._corrupt(manifest, f, f"does not match its recorded size/{f.algorithm}")
         return data
 
     def restore_to(self, manifest: Manifest, directory: str | os.PathLike[str]) -> Path:
@@ -415,12 +414,13 @@ class CheckpointStore:
             try:
                 src_path = self._path(manifest.relpath(f.name))
                 with self.fs.open(src_path, "rb") as src, open(tmp, "wb") as out:
-                    size, digest = copy_hashed(iter(lambda: src.read(CHUNK), b""), out)
+                    pieces = iter(lambda: src.read(CHUNK), b"")
+                    size, digest = copy_hashed(pieces, out, f.algorithm)
             except FileNotFoundError:
                 tmp.unlink(missing_ok=True)
                 raise self._corrupt(manifest, f, "is missing") from None
-            if size != f.size or digest != f.sha256:
+            if not f.matches(size, digest):
                 tmp.unlink(missing_ok=True)
-                raise self._corrupt(manifest, f, "does not match its recorded size/sha256")
+                raise self._corrupt(manifest, f, f"does not match its recorded size/{f.algorithm}")
             os.replace(tmp, dest)
         return root

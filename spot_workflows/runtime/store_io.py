@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
-from spot_workflows.runtime import faults
+from spot_workflows.runtime import digests, faults
 
 CHUNK = 4 * 1024 * 1024
 
@@ -24,9 +23,11 @@ def chunks(value: bytes | Path) -> Iterator[bytes]:
             yield chunk
 
 
-def copy_hashed(pieces: Iterable[bytes], out: IO[bytes]) -> tuple[int, str]:
-    """Write ``pieces`` to ``out``; return (size, sha256 hex)."""
-    digest, size = hashlib.sha256(), 0
+def copy_hashed(
+    pieces: Iterable[bytes], out: IO[bytes], algorithm: str = "sha256"
+) -> tuple[int, str]:
+    """Write ``pieces`` to ``out``; return (size, hex checksum by ``algorithm``)."""
+    digest, size = digests.new(algorithm), 0
     for chunk in pieces:
         faults.writing(out, chunk)  # test-only fault injection; a no-op unless armed
         out.write(chunk)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from spot_workflows.errors import CheckpointError, ConfigError
-from spot_workflows.runtime import faults
+from spot_workflows.runtime import digests, faults
 from spot_workflows.runtime.manifest import Manifest, ManifestFile, check_name
 from spot_workflows.runtime.store import LATEST, MANIFEST, CheckpointStore, log
 from spot_workflows.runtime.store_io import fsync_dir
@@ -69,11 +69,12 @@ class StreamingSave:
         self._staged[name] = (final, target)
         return target
 
-    def record(self, name: str, size: int, sha256: str) -> None:
-        """Note that file ``name`` (from :meth:`path`) is written and durable."""
+    def record(self, name: str, size: int, digest: str, algorithm: str = "sha256") -> None:
+        """Note that file ``name`` (from :meth:`path`) is written and durable, with its size and
+        checksum (``algorithm``: ``sha256`` or ``crc32c``)."""
         if name not in self._staged:
             raise ConfigError(f"record({name!r}) without path({name!r}) first")
-        self._files[name] = ManifestFile(name, size, sha256)
+        self._files[name] = ManifestFile.of(name, size, digest, digests.check(algorithm))
 
     def commit(self) -> Manifest:
         """Make the checkpoint visible and durable (manifest last); returns it. Call

@@ -102,7 +102,7 @@ def test_a_state_comes_back_exactly(tmp_path):
     assert restored.manifest.metadata["loss"] == 1.5
     assert restored.manifest.metadata["emergency"] is False
     assert_same(state, restored.state)
-    # every file is a regular checkpoint file: size + sha256 in the manifest, readable verified
+    # every file is a regular checkpoint file: size + checksum in the manifest, readable verified
     names = {f.name for f in restored.manifest.files}
     assert INDEX in names and "state-000.bin" in names
     for f in restored.manifest.files:
@@ -184,15 +184,19 @@ def test_wait_policy_blocks_until_the_write_in_flight_is_durable(tmp_path, gate)
     assert seen["ticket"].result().step == 2 and ckpt.store.steps() == [1, 2]
 
 
-def test_a_corrupt_shard_is_detected_by_its_checksum(tmp_path):
-    ckpt = make(tmp_path)
+@pytest.mark.parametrize("checksum", ["crc32c", "sha256"])
+def test_a_corrupt_shard_is_detected_by_its_checksum(tmp_path, checksum):
+    ckpt = make(tmp_path, checksum=checksum)
     ckpt.save(1, {"w": np.ones(100)}).result()
     ckpt.save(2, {"w": np.full(100, 2.0)}).result()
+    manifest = json.loads((tmp_path / "ckpt" / "step-2" / "manifest.json").read_text())
+    recorded = {f["name"]: set(f) - {"name", "size"} for f in manifest["files"]}
+    assert recorded == {"state-000.bin": {checksum}, INDEX: {checksum}}  # one checksum, named
     shard = tmp_path / "ckpt" / "step-2" / "state-000.bin"
     data = bytearray(shard.read_bytes())
-    data[17] ^= 0xFF  # same size: only the sha256 can tell
+    data[17] ^= 0xFF  # same size: only the checksum can tell
     shard.write_bytes(bytes(data))
-    with pytest.raises(CorruptCheckpointError, match="sha256"):
+    with pytest.raises(CorruptCheckpointError, match=f"size/{checksum}"):
         ckpt.restore()
     shard.write_bytes(bytes(data[:100]))  # truncated: latest() falls back to step 1
     with pytest.warns(CheckpointWarning, match="state-000.bin"):
@@ -341,6 +345,8 @@ def test_bad_settings_are_refused(tmp_path):
         AsyncCheckpointWriter(store, policy="sometimes")
     with pytest.raises(ConfigError, match="io_threads"):
         AsyncCheckpointWriter(store, io_threads=0)
+    with pytest.raises(ConfigError, match="sha256, crc32c"):
+        AsyncCheckpointWriter(store, checksum="md5")
     with pytest.raises(ConfigError, match="step"):
         AsyncCheckpointWriter(store).save(-1, {})
     with pytest.raises(ConfigError, match="object"):
