@@ -10,7 +10,11 @@ them boto3's default credential chain applies. spot-workflows' own extras: ``spo
 GCP (``google_cloud_platform`` connection, the ``google_cloud_default`` conventions): extras
 ``project`` and ``location`` (a region such as ``us-central1``); ``key_path`` or ``keyfile_dict``
 for a service account key, else Application Default Credentials. Optional: ``machine_type``,
-``accelerator_type``, ``service_account``, ``checkpoint_root`` (``gs://...``).
+``accelerator_type``, ``service_account``, ``checkpoint_root`` (``gs://...``). Endpoints:
+``api_endpoint`` (``host[:port]``, e.g. a regional endpoint or a Private Service Connect one such
+as ``batch-myendpoint.p.googleapis.com``; TLS and the usual credentials) and ``emulator_host``
+(``host:port`` of a local stand-in of the Batch API, the ``*_EMULATOR_HOST`` convention:
+plaintext gRPC, no credentials sent; for tests and development only).
 """
 
 from __future__ import annotations
@@ -137,28 +141,61 @@ class GcpSettings(BaseModel):
     machine_type: str | None = None
     accelerator_type: str | None = None
     service_account: str | None = None
+    api_endpoint: str | None = None
+    emulator_host: str | None = None
+
+
+def _gcp_emulator_client(host: str) -> Any:
+    """A client on a plaintext gRPC channel to ``host``: no credentials are looked up or sent."""
+    import grpc
+    from google.cloud import batch_v1
+    from google.cloud.batch_v1.services.batch_service.transports import (
+        BatchServiceGrpcTransport,
+    )
+
+    # A transport given a channel ignores credentials (the channel carries none): anonymous.
+    transport = BatchServiceGrpcTransport(channel=grpc.insecure_channel(host))
+    return batch_v1.BatchServiceClient(transport=transport)
 
 
 def _gcp_client(settings: GcpSettings) -> Any:
-    if not (settings.key_path or settings.keyfile_dict):
-        return None  # Application Default Credentials
+    if settings.emulator_host:
+        return _gcp_emulator_client(settings.emulator_host)
+    if not (settings.key_path or settings.keyfile_dict or settings.api_endpoint):
+        return None  # Application Default Credentials, default endpoint
     from google.cloud import batch_v1
-    from google.oauth2 import service_account
 
-    if settings.key_path:
-        creds = service_account.Credentials.from_service_account_file(settings.key_path)
-    else:
-        info = settings.keyfile_dict
-        creds = service_account.Credentials.from_service_account_info(
-            json.loads(info) if isinstance(info, str) else info
-        )
-    return batch_v1.BatchServiceClient(credentials=creds)
+    creds = None  # Application Default Credentials
+    if settings.key_path or settings.keyfile_dict:
+        from google.oauth2 import service_account
+
+        if settings.key_path:
+            creds = service_account.Credentials.from_service_account_file(settings.key_path)
+        else:
+            info = settings.keyfile_dict
+            creds = service_account.Credentials.from_service_account_info(
+                json.loads(info) if isinstance(info, str) else info
+            )
+    options = {"api_endpoint": settings.api_endpoint} if settings.api_endpoint else None
+    try:
+        return batch_v1.BatchServiceClient(credentials=creds, client_options=options)
+    except Exception as exc:  # DefaultCredentialsError and friends
+        from spot_workflows.backends.gcp_errors import translate
+
+        where = f"projects/{settings.project}/locations/{settings.location}"
+        raise translate(exc, what=f"create a GCP Batch client for {where}") from exc
 
 
 def gcp_backend(info: Any) -> Backend:
     from spot_workflows.backends.gcp_batch import GcpBatchBackend
 
     settings = _settings(GcpSettings, info, "GCP Batch")
+    if settings.api_endpoint and settings.emulator_host:
+        raise ConfigError(
+            f"connection {info.conn_id!r} (GCP Batch) sets both 'api_endpoint' (a real endpoint: "
+            "TLS and credentials) and 'emulator_host' (a local stand-in: plaintext, no "
+            "credentials); keep one"
+        )
     return GcpBatchBackend(
         project=settings.project,
         region=settings.location,
