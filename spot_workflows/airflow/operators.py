@@ -5,6 +5,7 @@ the same loop the CLI and Prefect use (:meth:`StepRunner.tick`): reconcile the l
 the backend (re-attach through the ledger), ask the planner, carry the decision out. Then:
 
 * ``SUBMIT`` / ``WAIT`` -> defer to :class:`SpotJobTrigger` (no worker slot while the job runs);
+  with ``deferrable=False``, wait ``poll_interval`` in the task and go round again;
 * ``CANCEL`` (spot got no capacity in time; a running attempt stopped for the budget cap or the
   deadline) -> record it and decide again at once;
 * ``SUCCEED`` -> push the summary and return it;
@@ -37,6 +38,7 @@ from spot_workflows.airflow.steps import (
 )
 from spot_workflows.airflow.triggers import SpotJobTrigger
 from spot_workflows.config import SpotPolicy, StepSpec
+from spot_workflows.core.classify import CANCEL_REASON_PREFIX
 from spot_workflows.core.outcomes import Action, AttemptState, Capacity, Decision
 from spot_workflows.errors import ConfigError, LedgerError
 from spot_workflows.runner import RunnerEvent, StepRunner, market_probe
@@ -72,7 +74,12 @@ class SpotStepOperator(BaseOperator):
     :param step_key: stable id of the step; default ``<dag_id>.<task_id>.<run_id>``.
     :param step_resources: ``image``, ``vcpus``, ``memory_mib``, ``gpus``, ``instance_types``,
         ``timeout_s``.
-    :param poll_interval: seconds between the trigger's status polls.
+    :param poll_interval: seconds between status polls (the trigger's, or the task's own when
+        not deferrable).
+    :param deferrable: wait for the job in the triggerer (default: no worker slot is held while
+        it runs). ``False`` waits in the task itself, polling every ``poll_interval``, for
+        deployments without a triggerer; killing the task then cancels the live job, as
+        stopping a deferred task does.
     """
 
     template_fields: Sequence[str] = (
@@ -103,6 +110,7 @@ class SpotStepOperator(BaseOperator):
         step_key: str | None = None,
         step_resources: Mapping[str, Any] | str | None = None,
         poll_interval: float = 5.0,
+        deferrable: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -116,7 +124,9 @@ class SpotStepOperator(BaseOperator):
         if poll_interval <= 0:
             raise ConfigError(f"poll_interval must be > 0 seconds, got {poll_interval!r}")
         self.poll_interval = float(poll_interval)
+        self.deferrable = bool(deferrable)
         self.console_url: str | None = None
+        self._waiting_on: tuple[Any, str] | None = None  # (backend, job id) while not deferred
         # Fail at DAG parse time when the values are already known.
         if not is_templated(policy):
             parse_policy(policy)
@@ -163,21 +173,22 @@ class SpotStepOperator(BaseOperator):
                 spec=spec,
                 backend=backend,
                 policy=policy,
-                poll_interval=self.replan_interval,  # the planner's tick: how often it decides
+                # the planner's tick: how often it decides (every poll when waiting in the task)
+                poll_interval=self.replan_interval if self.deferrable else self.poll_interval,
                 on_event=self._log_event,
                 spot_probe=market_probe(backend),  # local market: deadline policies may go back
             )
         except (ConfigError, LedgerError) as exc:  # retrying cannot fix these
             raise AirflowFailException(f"{self.task_id}: {exc}") from exc
-        decision = self._decide(runner)
-        attempts = runner.ledger.attempts
-        last = attempts[-1] if attempts else None
-        self.console_url = hook.console_url(last.job_id if last else None)
         ti = context["ti"]
-        if self.console_url:
-            ti.xcom_push(key=SpotJobConsoleLink().xcom_key, value=self.console_url)
-        if decision.action in (Action.SUBMIT, Action.WAIT):
-            self._defer_on_live(runner, policy)
+        decision = self._decide(runner)
+        self._push_console_link(hook, runner, ti)
+        while decision.action in (Action.SUBMIT, Action.WAIT):
+            if self.deferrable:
+                self._defer_on_live(runner, policy)  # raises TaskDeferred
+            decision = self._wait_in_task(runner, backend)
+            self._push_console_link(hook, runner, ti)
+        attempts = runner.ledger.attempts
         summary = step_summary(
             spec=spec,
             attempts=attempts,
@@ -191,6 +202,32 @@ class SpotStepOperator(BaseOperator):
             self.log.info("step %s succeeded: %s", spec.key, summary["history"])
             return summary
         raise AirflowFailException(_failure(spec, decision))
+
+    def _push_console_link(self, hook: SpotBackendHook, runner: StepRunner, ti: Any) -> None:
+        attempts = runner.ledger.attempts
+        url = hook.console_url(attempts[-1].job_id if attempts else None)
+        if url and url != self.console_url:
+            ti.xcom_push(key=SpotJobConsoleLink().xcom_key, value=url)
+        self.console_url = url
+
+    def _wait_in_task(self, runner: StepRunner, backend: Any) -> Decision:
+        """``deferrable=False``: one poll interval in the task, then the next decision."""
+        live = runner.ledger.live
+        self._waiting_on = (backend, live.job_id) if live and live.job_id else None
+        try:
+            time.sleep(self.poll_interval)
+            return self._decide(runner)
+        finally:
+            self._waiting_on = None
+
+    def on_kill(self) -> None:
+        """The task was stopped while waiting in it (``deferrable=False``): stop the job too."""
+        waiting = self._waiting_on
+        if waiting is None:
+            return
+        backend, job_id = waiting
+        self.log.info("task stopped: cancelling job %s", job_id)
+        backend.cancel(job_id, reason=f"{CANCEL_REASON_PREFIX} the Airflow task was stopped")
 
     def _decide(self, runner: StepRunner) -> Decision:
         """Reconcile, decide, carry out; again at once after a CANCEL (e.g. no spot capacity)."""

@@ -135,6 +135,7 @@ RACER = textwrap.dedent(
 
     uri, worker, go = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     led = ShardLedger(store=CheckpointStore(uri), shards=plan_row_ranges(4000, 100), worker=worker)
+    (go.parent / f"ready-{worker}").touch()
     while not go.exists():
         time.sleep(0.001)
     for shard in led.shards:
@@ -152,7 +153,9 @@ def test_racing_worker_processes_never_commit_the_same_shard(tmp_path):
         )
         for i in range(4)
     ]
-    time.sleep(1.0)  # all imported and spinning
+    deadline = time.time() + 60  # all imported and spinning (imports take seconds under load)
+    while len(list(tmp_path.glob("ready-p*"))) < len(procs) and time.time() < deadline:
+        time.sleep(0.01)
     go.touch()
     wins = {f"p{i}": p.communicate(timeout=60)[0].split() for i, p in enumerate(procs)}
     everything = [s for ids in wins.values() for s in ids]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 from reclaimer import reclaim_after_shards, reclaim_after_steps
@@ -130,3 +131,26 @@ def test_etl_dag_resumes_at_the_next_shard_and_outputs_every_row_once(
     assert checked["rows"] == checked["distinct_rows"] == 120_000
     totals = result.xcom("load")
     assert totals["rows"] == 120_000 and totals["files"] == 24 and totals["tokens"] > 120_000
+
+
+def test_a_step_that_waits_in_the_task_resumes_and_escalates_without_deferring(
+    run_dag, local_conn, caplog
+):
+    caplog.set_level(logging.INFO)
+    conn = local_conn(notice_window_s=0.5, grace_s=2)
+    reclaims = reclaim_after_steps(conn["state_dir"], [60])  # the one spot attempt, by progress
+    result = run_dag("spot_test_in_task", spot_conn_id=conn["conn_id"], steps=300)
+    assert "error" not in reclaims, reclaims
+
+    assert result.state == "success"
+    ti = result.tis["train"]
+    assert (str(ti.state), ti.try_number) == ("success", 1)
+    assert "running trigger" not in caplog.text and "deferring on" not in caplog.text
+    assert "[DAG TEST] end task task_id=train" in caplog.text  # the log was captured
+    summary = result.xcom("train")
+    assert summary["capacities"] == ["SPOT", "ON_DEMAND"]
+    assert summary["outcomes"] == ["PREEMPTED", "SUCCEEDED"]
+    ledger = Ledger.open(CheckpointStore(summary["checkpoint_uri"]), summary["step_key"])
+    assert ledger.attempts[1].resumed_from_step >= 50  # reclaimed at >= 60, saving every 25
+    assert len(job_dirs(conn["state_dir"])) == 2
+    assert final_checksum(conn["state_dir"], ledger.attempts[1].job_id) == reference(300, 7)

@@ -78,3 +78,24 @@ def test_operator_rejects_bad_values_it_can_check_at_parse_time():
         SpotStepOperator(task_id="d", command=["true"], step_resources={"gpu": 1})
     # templated values are checked when the task runs, after rendering
     SpotStepOperator(task_id="c", command=["true"], policy="{{ params.policy }}")
+
+
+def test_killing_a_task_that_waits_in_itself_cancels_its_live_job(tmp_path):
+    import time
+
+    from spot_workflows.backends.local import LocalBackend
+    from spot_workflows.config import StepSpec
+    from spot_workflows.core.outcomes import AttemptState, Capacity, Outcome
+
+    op = SpotStepOperator(task_id="t", command=["sleep", "60"], deferrable=False)
+    op.on_kill()  # not waiting on anything: a no-op
+    spec = StepSpec(key="k", command=["sleep", "60"], checkpoint_uri=f"file://{tmp_path}/ckpt")
+    with LocalBackend(state_dir=tmp_path / "b") as backend:
+        job = backend.submit(spec, job_name="k-a1", attempt=1, capacity=Capacity.SPOT)
+        op._waiting_on = (backend, job)  # what _wait_in_task sets while it sleeps
+        op.on_kill()
+        deadline = time.time() + 30
+        while (seen := backend.describe([job])[job]).state is not AttemptState.DONE:
+            assert time.time() < deadline, seen
+            time.sleep(0.05)
+    assert seen.outcome is Outcome.CANCELLED and "Airflow task was stopped" in (seen.reason or "")
