@@ -29,6 +29,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from lanes import run_forked_lanes
+
 from spot_workflows.backends.local import LocalBackend
 from spot_workflows.backends.local_market import NeverReclaimed, ScheduledMarket
 from spot_workflows.config import SpotPolicy, StepSpec
@@ -320,23 +322,12 @@ def run_steps(cfg: dict, steps: list[dict], *, lanes: int) -> list[dict]:
     """Steps in ``lanes`` forked lanes (they mostly wait on their jobs); records in order."""
     out = Path(cfg["root"]) if cfg["kind"] == "local" else Path(cfg["out"])
     out.mkdir(parents=True, exist_ok=True)
-    pids = []
-    for j in range(lanes):
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - a lane
-            code = 1
-            try:
-                mine = [run_step(cfg, step) for step in steps[j::lanes]]
-                (out / f"lane-{j}.json").write_text(json.dumps(mine))
-                code = 0
-            except BaseException as exc:
-                sys.stderr.write(f"lane {j}: {type(exc).__name__}: {exc}\n")
-            finally:
-                os._exit(code)
-        pids.append(pid)
-    codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
-    if any(codes):
-        raise RuntimeError(f"a runner-lab lane failed (exit codes {codes})")
+
+    def work(j: int) -> None:
+        mine = [run_step(cfg, step) for step in steps[j::lanes]]
+        (out / f"lane-{j}.json").write_text(json.dumps(mine))
+
+    run_forked_lanes(lanes, work, what="runner-lab")
     records = [r for j in range(lanes) for r in json.loads((out / f"lane-{j}.json").read_text())]
     order = {step["key"]: i for i, step in enumerate(steps)}
     return sorted(records, key=lambda r: order[r["key"]])

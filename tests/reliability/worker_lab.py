@@ -45,6 +45,8 @@ import time
 import warnings
 from pathlib import Path
 
+from lanes import run_forked_lanes
+
 from spot_workflows.examples.toy_train import _teacher, fresh_state, pack, train_step, unpack
 from spot_workflows.runtime import faults
 from spot_workflows.runtime.checkpoint import Checkpointer
@@ -335,22 +337,11 @@ def lane(root: Path, runs: list[int], base_seed: int, max_kills: int, out: Path)
 def campaign(*, runs: int, jobs: int, seed: int, root: Path, max_kills: int = 3) -> dict:
     """Run the campaign over ``jobs`` forked lanes; returns records and a summary."""
     root.mkdir(parents=True, exist_ok=True)
-    pids = []
-    for j in range(jobs):
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - a lane
-            code = 1
-            try:
-                lane(root, list(range(j, runs, jobs)), seed, max_kills, root / f"lane-{j}.json")
-                code = 0
-            except BaseException as exc:
-                sys.stderr.write(f"lane {j}: {type(exc).__name__}: {exc}\n")
-            finally:
-                os._exit(code)
-        pids.append(pid)
-    codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
-    if any(codes):
-        raise RuntimeError(f"a campaign lane failed (exit codes {codes})")
+    run_forked_lanes(
+        jobs,
+        lambda j: lane(root, list(range(j, runs, jobs)), seed, max_kills, root / f"lane-{j}.json"),
+        what="campaign",
+    )
     records, corrupt = [], 0
     for j in range(jobs):
         doc = json.loads((root / f"lane-{j}.json").read_text())
