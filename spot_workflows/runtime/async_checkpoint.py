@@ -86,7 +86,7 @@ def load_state(
             )
         except (FileNotFoundError, CheckpointError):
             digest = None
-        if not f.matches(f.size, digest):
+        if digest != f.digest:  # read_into already checked the size
             raise CorruptCheckpointError(
                 f"checkpoint file {store.uri}/{manifest.relpath(f.name)} is missing or does not "
                 f"match its recorded size/{f.algorithm}. The checkpoint is damaged: delete "

@@ -128,3 +128,24 @@ def run_dag(dagbag: DagBag):
         return DagRunResult(dag.test(run_conf=conf or None))
 
     return run
+
+
+@pytest.fixture
+def on_runner_log(monkeypatch: pytest.MonkeyPatch):
+    """``on_runner_log(handler)``: ``handler`` sees the runner's INFO lines ("attempt N on SPOT as
+    JOB", written before the task defers) for this test; returns it. Tests play a cloud's market
+    from those lines, so they never wait on the wall clock."""
+    import logging
+
+    runner_log = logging.getLogger("spot_workflows.runner")
+    monkeypatch.setattr(runner_log, "level", logging.INFO)
+    handlers: list[logging.Handler] = []
+
+    def attach(handler: logging.Handler) -> logging.Handler:
+        runner_log.addHandler(handler)
+        handlers.append(handler)
+        return handler
+
+    yield attach
+    for handler in handlers:
+        runner_log.removeHandler(handler)

@@ -98,25 +98,18 @@ class SpotMarket(logging.Handler):
 
 
 @pytest.fixture
-def market(aws, monkeypatch, tmp_path):
-    runner_log = logging.getLogger("spot_workflows.runner")
-    handlers = []
-
+def market(aws, monkeypatch, tmp_path, on_runner_log):
     def make(reclaims: int) -> SpotMarket:
-        handler = SpotMarket(
-            batch=aws["batch"],
-            reclaims=reclaims,
-            checkpoint_root=f"file://{tmp_path / 'ckpt'}",
-            monkeypatch=monkeypatch,
+        return on_runner_log(
+            SpotMarket(
+                batch=aws["batch"],
+                reclaims=reclaims,
+                checkpoint_root=f"file://{tmp_path / 'ckpt'}",
+                monkeypatch=monkeypatch,
+            )
         )
-        runner_log.addHandler(handler)
-        handlers.append(handler)
-        return handler
 
-    monkeypatch.setattr(runner_log, "level", logging.INFO)
-    yield make
-    for handler in handlers:
-        runner_log.removeHandler(handler)
+    return make
 
 
 IMAGE = {"image": "public.ecr.aws/docker/library/python:3.11"}

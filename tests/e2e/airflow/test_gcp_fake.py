@@ -82,20 +82,11 @@ class SpotMarket(logging.Handler):
 
 
 @pytest.fixture
-def market(gcp, monkeypatch):
-    runner_log = logging.getLogger("spot_workflows.runner")
-    handlers = []
-
+def market(gcp, on_runner_log):
     def make(reclaims: int) -> SpotMarket:
-        handler = SpotMarket(gcp["batch"], reclaims=reclaims)
-        runner_log.addHandler(handler)
-        handlers.append(handler)
-        return handler
+        return on_runner_log(SpotMarket(gcp["batch"], reclaims=reclaims))
 
-    monkeypatch.setattr(runner_log, "level", logging.INFO)
-    yield make
-    for handler in handlers:
-        runner_log.removeHandler(handler)
+    return make
 
 
 def test_finetune_dag_on_gcp_batch_resumes_and_escalates(run_dag, gcp, market):
