@@ -16,7 +16,12 @@ Prints one JSON object. Figures:
   the first save (allocates the host buffer) and the median of the following ones, time to
   durable, persist bandwidth and its fraction of ``raw_disk``. On CUDA the stall is reported twice:
   on the host (``save()`` returns) and on the device (until the training stream may run again).
-* ``throughput_loss_at_5min_cadence``: steady stall / 300 s.
+* ``throughput_loss_at_5min_cadence``: steady stall / 300 s;
+* ``emergency_save``: a termination notice with GCP's 30 s deadline arrives while a periodic save
+  is in flight (the worst case: the newest state supersedes the write under way) and, separately,
+  when nothing is in flight: seconds from the notice to a durable checkpoint, and whether that
+  beat the deadline (``EmergencySaveReport.met_deadline``);
+* ``machine``: GPU model, driver, CUDA, CPU count and the file system written to.
 """
 
 from __future__ import annotations
@@ -31,10 +36,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import torch
 
+from spot_workflows.core.outcomes import NoticeKind, TerminationNotice
 from spot_workflows.runtime.async_checkpoint import AsyncCheckpointer
 from spot_workflows.runtime.checkpoint import Checkpointer
 from spot_workflows.runtime.store import CheckpointStore
@@ -237,6 +244,75 @@ def bench_async(
     return out
 
 
+def bench_emergency(state: dict, directory: Path, io_threads: int | None, notice_s: float) -> dict:
+    """Seconds from a termination notice to a durable emergency checkpoint: once while a periodic
+    save of an older step is being written (abandoned: the newest state supersedes it), once with
+    nothing in flight. The host buffer is reserved at start-up, as the docs advise."""
+    store = CheckpointStore((directory / "emergency").as_uri(), keep_last=1)
+    ckpt = AsyncCheckpointer(Checkpointer(store, handle_signals=False), io_threads=io_threads)
+    ckpt.reserve(state)
+    out: dict = {"notice_s": notice_s}
+    try:
+        for case, step in (("in_flight", 2), ("idle", 4)):
+            if case == "in_flight":
+                ckpt.save(step - 1, state)  # a periodic save starts writing...
+                time.sleep(0.5)  # ...and is well under way when the notice comes
+            else:
+                ckpt.writer.drain()
+            deadline = datetime.now(UTC) + timedelta(seconds=notice_s)
+            ckpt.checkpointer.request_stop(
+                TerminationNotice(kind=NoticeKind.INTERRUPTION, source="bench", deadline=deadline)
+            )
+            started = time.perf_counter()
+            report = ckpt.emergency_save(step, state)
+            seconds = time.perf_counter() - started
+            latest = store.latest()
+            out[case] = {
+                "seconds": seconds,
+                "met_deadline": report.met_deadline,
+                "error": report.error,
+                "durable_step": latest.step if latest is not None else None,
+            }
+            ckpt.checkpointer._notice = None
+    finally:
+        ckpt.close()
+        shutil.rmtree(directory / "emergency", ignore_errors=True)
+    out["met_all"] = all(
+        out[c]["met_deadline"] and not out[c]["error"] for c in ("in_flight", "idle")
+    )
+    return out
+
+
+def machine_info(directory: Path, cuda: bool) -> dict:
+    """What the figures were measured on."""
+    out: dict = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
+    if cuda:
+        out["gpu"] = torch.cuda.get_device_name()
+        out["cuda"] = torch.version.cuda
+        out["gpu_memory_gb"] = torch.cuda.get_device_properties(0).total_memory / GB
+    if shutil.which("nvidia-smi"):
+        proc = subprocess.run(
+            [
+                "nvidia-smi",
+                "--query-gpu=driver_version,pcie.link.gen.max,pcie.link.width.max",
+                "--format=csv,noheader",
+            ],
+            capture_output=True,
+            text=True,
+        )
+        out["nvidia_smi"] = proc.stdout.strip() or proc.stderr.strip()
+    if shutil.which("findmnt"):
+        proc = subprocess.run(
+            ["findmnt", "-n", "-o", "SOURCE,FSTYPE,OPTIONS", "--target", str(directory)],
+            capture_output=True,
+            text=True,
+        )
+        out["filesystem"] = proc.stdout.strip()
+    usage = shutil.disk_usage(directory)
+    out["disk_free_gb"] = usage.free / GB
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -249,7 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dir", default=None, help="where to write (default: a temp dir on /tmp)")
     ap.add_argument("--saves", type=int, default=3, help="async saves (the first allocates)")
     ap.add_argument("--io-threads", type=int, default=None)
-    ap.add_argument("--skip", default="", help="comma list: torch_save,dcp")
+    ap.add_argument("--skip", default="", help="comma list: torch_save,dcp,emergency")
+    ap.add_argument("--notice-s", type=float, default=30.0, help="notice window (GCP: 30 s)")
+    ap.add_argument("--out", default=None, help="also write the JSON to this file")
     args = ap.parse_args(argv)
     cuda = args.device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
@@ -271,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         "state_gb": nbytes / GB,
         "tensors": sum(1 for _ in _tensors(state)),
         "dir": str(directory),
+        "machine": machine_info(directory, cuda),
         "raw_disk": raw_disk(directory, nbytes),
     }
     report["async_checkpointer"] = bench_async(state, directory, args.saves, args.io_threads, cuda)
@@ -278,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
         report["torch_save"] = bench_torch_save(state, directory, nbytes)
     if "dcp" not in skip:
         report["dcp_async_save"] = bench_dcp(state, directory, nbytes, sync)
+    if "emergency" not in skip:
+        report["emergency_save"] = bench_emergency(state, directory, args.io_threads, args.notice_s)
     raw = report["raw_disk"]["gb_per_s"]
     ours = report["async_checkpointer"]
     ours["fraction_of_raw_disk"] = ours["gb_per_s"] / raw
@@ -286,7 +367,10 @@ def main(argv: list[str] | None = None) -> int:
     ours["throughput_loss_at_5min_cadence"] = ours["stall_steady_s"] / 300.0
     if not args.dir:
         shutil.rmtree(directory, ignore_errors=True)
-    print(json.dumps(report, indent=1))
+    text = json.dumps(report, indent=1)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
     return 0
 
 

@@ -33,7 +33,8 @@ def test_sigterm_flushes_the_newest_state_and_the_next_attempt_resumes_bit_ident
 
     torch_train.main([*CMD[3:], "--reference"])  # uninterrupted, in this process
     reference = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
 
     uri = (tmp_path / "ckpt").as_uri()
     env = {**env, "SPOT_CHECKPOINT_URI": uri, "SPOT_ATTEMPT": "1", "SPOT_CAPACITY": "SPOT"}

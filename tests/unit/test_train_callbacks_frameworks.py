@@ -1,7 +1,10 @@
 """The Lightning and Hugging Face ``Trainer`` callbacks against the real frameworks: tiny CPU runs
 that save on the checkpointer's cadence, stop with an emergency save on a termination notice (or a
 real SIGTERM), and resume from that checkpoint in a second trainer built like the first (same
-``max_steps``: the retried attempt of the same step)."""
+``max_steps``: the retried attempt of the same step).
+
+``SPOT_TEST_DEVICE=cuda`` runs the same tests with the trainers on a GPU (the CUDA path of the torch
+adapter: pinned snapshots on a side stream, restore onto the device); they skip without one."""
 
 from __future__ import annotations
 
@@ -29,7 +32,14 @@ from spot_workflows.runtime.train_callbacks import (  # noqa: E402
     lightning_callback,
 )
 
-pytestmark = pytest.mark.timeout(120)
+DEVICE = os.environ.get("SPOT_TEST_DEVICE", "cpu")
+ON_GPU = DEVICE.startswith("cuda")
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(
+        ON_GPU and not torch.cuda.is_available(), reason="SPOT_TEST_DEVICE=cuda needs a GPU"
+    ),
+]
 
 SAMPLES, BATCH, FEATURES = 32, 4, 6  # 8 batches an epoch
 EVERY = 3  # the checkpointer's cadence, in optimizer steps
@@ -83,7 +93,7 @@ def params(model) -> list:
 def assert_same(a, b) -> None:
     """Equal nested dicts/lists of tensors and scalars (state dicts, parameter lists)."""
     if torch.is_tensor(a):
-        assert torch.is_tensor(b) and torch.equal(a, b)
+        assert torch.is_tensor(b) and torch.equal(a.cpu(), b.cpu())
     elif isinstance(a, dict):
         assert isinstance(b, dict) and set(a) == set(b)
         for k in a:
@@ -171,7 +181,7 @@ def loader():
 
 def lightning_trainer(pl, callbacks, max_steps: int = TOTAL, **kw):
     return pl.Trainer(
-        accelerator="cpu",
+        accelerator="gpu" if ON_GPU else "cpu",
         devices=1,
         max_steps=max_steps,
         callbacks=callbacks,
@@ -232,7 +242,8 @@ def test_lightning_callback_saves_on_cadence_and_the_checkpoint_restores(pl, tmp
     )
     assert_same(Snapshots.take(fresh, opt, sched), rec.snaps.at[12])
     assert not all(
-        torch.equal(a, b) for a, b in zip(rec.snaps.at[12]["params"], params(model), strict=True)
+        torch.equal(a.cpu(), b.cpu())
+        for a, b in zip(rec.snaps.at[12]["params"], params(model), strict=True)
     )
     ckpt.close()
 
@@ -357,7 +368,7 @@ def hf_trainer(hf, tmp_path, model, callbacks, max_steps: int = TOTAL):
         learning_rate=LR,
         lr_scheduler_type="linear",  # the default: decays to 0 at max_steps
         seed=0,
-        use_cpu=True,
+        use_cpu=not ON_GPU,
         report_to="none",
         save_strategy="no",
         logging_strategy="no",
@@ -415,7 +426,8 @@ def test_hf_callback_saves_on_cadence_and_the_checkpoint_restores(hf, tmp_path):
     restore_training_state(restored.state, model=fresh, optimizer=opt, scheduler=sched)
     assert_same(Snapshots.take(fresh, opt, sched), rec.snaps.at[12])
     assert not all(
-        torch.equal(a, b) for a, b in zip(rec.snaps.at[12]["params"], params(model), strict=True)
+        torch.equal(a.cpu(), b.cpu())
+        for a, b in zip(rec.snaps.at[12]["params"], params(model), strict=True)
     )
     ckpt.close()
 
