@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -13,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from spot_workflows import __version__
-from spot_workflows.errors import SpotWorkflowsError
+from spot_workflows.errors import SpotWorkflowsError, StepInterruptedError
 
 console = Console(stderr=True)
 
@@ -33,6 +34,7 @@ def demo(as_json: bool, workdir: Path | None, steps: int) -> None:
     from spot_workflows.demo import DemoConfig, last_step_in_log, run_demo
 
     config = DemoConfig(workdir=workdir, steps=steps)
+    _interrupt_on_sigterm()
     if as_json:
         summary = _guard(lambda: run_demo(config))
         click.echo(json.dumps(summary, indent=2))
@@ -100,6 +102,16 @@ def demo(as_json: bool, workdir: Path | None, steps: int) -> None:
         f"(spot-workflows report {summary['checkpoint_uri']} --html report.html)"
     )
     sys.exit(0 if ok else 1)
+
+
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM stops a blocking run the way Ctrl-C does (the live attempt is stopped, recorded
+    as stopped, and the command exits 130)."""
+
+    def handler(signum, frame) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def _print_attempts(summary: dict) -> None:
@@ -236,6 +248,12 @@ def ledger_cmd(checkpoint_uri: str, key: str, as_json: bool) -> None:
 def _guard(fn):
     try:
         return fn()
+    except StepInterruptedError as exc:  # Ctrl-C / SIGTERM: the attempt was stopped, resumable
+        console.print(f"[yellow]{exc}[/]")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        sys.exit(130)
     except SpotWorkflowsError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         sys.exit(2)
@@ -248,8 +266,10 @@ main.add_command(simulate)
 
 def _register_subcommands() -> None:
     from spot_workflows.cli_aws import aws
+    from spot_workflows.cli_local import local
 
     main.add_command(aws)
+    main.add_command(local)
 
 
 _register_subcommands()

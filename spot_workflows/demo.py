@@ -121,9 +121,12 @@ def run_demo(
     )
     policy = SpotPolicy(preemption_budget=config.preemption_budget, capacity_timeout_s=60)
     started = time.time()
-    with LocalBackend(
+    # the demo's own local spot cloud (its state lives in the workdir): stopped when the demo
+    # ends, however it ends, so nothing it started outlives it
+    backend = LocalBackend(
         state_dir=workdir / "backend", notice_window_s=config.notice_window_s
-    ) as backend:
+    ).start()
+    try:
         if backend_cb is not None:
             backend_cb(backend)
         holder: list[StepRunner] = []
@@ -139,6 +142,8 @@ def run_demo(
         result = runner.run()
         rows = attempts_report(result, backend)
         final_log = backend.log_path(result.attempts[-1].job_id).read_text()
+    finally:
+        backend.shutdown()
     final = re.findall(r'"checksum": "([0-9a-f]{64})"', final_log)
     reference = toy_train.reference(config.steps, config.seed)
     preempted = [r for r in rows if r["outcome"] == Outcome.PREEMPTED.value]

@@ -2,7 +2,7 @@
 
 Every exception the package raises on purpose derives from :class:`SpotWorkflowsError`, so a DAG
 or a flow can catch one type. Cloud SDK and engine errors are translated into these at the
-boundary (see DESIGN §3 rule 5); the message always says what to fix.
+boundary; the message always says what to fix.
 """
 
 from __future__ import annotations
@@ -63,3 +63,13 @@ class BudgetExceededError(StepFailedError):
 
 class DeadlineInfeasibleError(StepFailedError):
     """The deadline cannot be met even on on-demand capacity."""
+
+
+class StepInterruptedError(SpotWorkflowsError):
+    """The user interrupted a blocking run (Ctrl-C, SIGTERM): the live attempt was stopped and
+    recorded as stopped, so running the same step again resumes from its checkpoint."""
+
+    def __init__(self, reason: str, *, step_key: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.step_key = step_key

@@ -8,6 +8,7 @@ attempt instead of submitting a duplicate.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -26,7 +27,13 @@ from spot_workflows.core.outcomes import (
     Outcome,
 )
 from spot_workflows.core.planner import decide
-from spot_workflows.errors import BudgetExceededError, DeadlineInfeasibleError, StepFailedError
+from spot_workflows.errors import (
+    BudgetExceededError,
+    DeadlineInfeasibleError,
+    NotFoundError,
+    StepFailedError,
+    StepInterruptedError,
+)
 from spot_workflows.ledger import Ledger
 from spot_workflows.runtime.store import CheckpointStore
 
@@ -71,19 +78,23 @@ _OUTCOME_EVENTS = {
 _FAIL_ERRORS = {FailCause.BUDGET: BudgetExceededError, FailCause.DEADLINE: DeadlineInfeasibleError}
 
 
-def market_probe(backend: Backend) -> Callable[[], bool | None] | None:
+def market_probe(backend: Backend, step_key: str | None = None) -> Callable[[], bool | None] | None:
     """A spot-availability probe for ``StepRunner(spot_probe=...)``, where the backend can give
-    one: its ``spot_available()`` if it has one, else the local backend's simulated market (its
-    ``market.available`` at its own clock). None for the clouds, which have no cheap, reliable
-    probe (a pending SPOT job is the probe: the planner reads it from the ledger)."""
+    one: its ``spot_available(step_key)`` (the local spot cloud's market of that step). None for
+    the clouds, which have no cheap, reliable probe (a pending SPOT job is the probe: the planner
+    reads it from the ledger)."""
     probe = getattr(backend, "spot_available", None)
-    if callable(probe):
-        return probe
-    market, clock = getattr(backend, "market", None), getattr(backend, "clock", None)
-    available = getattr(market, "available", None)
-    if callable(available) and callable(clock):
-        return lambda: bool(available(clock()))
-    return None
+    if not callable(probe):
+        return None
+    return (lambda: probe(step_key)) if step_key is not None else probe
+
+
+def _with_backend_defaults(policy: SpotPolicy, backend: Backend) -> SpotPolicy:
+    """The policy, with the backend's default on-demand capacity timeout where it sets none."""
+    default = getattr(backend, "default_on_demand_capacity_timeout_s", None)
+    if policy.on_demand_capacity_timeout_s is None and default is not None:
+        return policy.model_copy(update={"on_demand_capacity_timeout_s": float(default)})
+    return policy
 
 
 class StepRunner:
@@ -103,7 +114,7 @@ class StepRunner:
     ) -> None:
         self.spec = spec
         self.backend = backend
-        self.policy = policy or SpotPolicy()
+        self.policy = _with_backend_defaults(policy or SpotPolicy(), backend)
         self.store = store or CheckpointStore(spec.checkpoint_uri)
         self.poll_interval = poll_interval
         self.clock = clock
@@ -124,17 +135,55 @@ class StepRunner:
 
     # -- public ----------------------------------------------------------------------------
     def run(self) -> RunResult:
-        """Run the step to a final decision; raise :class:`StepFailedError` if it fails."""
-        while True:
-            decision = self.tick()
-            if decision.action is Action.WAIT:
-                self.sleep(self.poll_interval)
-                continue
-            if decision.action is Action.SUCCEED:
-                return self.result(decision)
-            if decision.action is Action.FAIL:
-                error = _FAIL_ERRORS.get(decision.cause, StepFailedError)
-                raise error(decision.reason, step_key=self.spec.key)
+        """Run the step to a final decision; raise :class:`StepFailedError` if it fails.
+
+        Ctrl-C (KeyboardInterrupt) stops the live attempt through the backend, records it as
+        stopped (resumable: the next run resumes from its checkpoint) and raises
+        :class:`StepInterruptedError`."""
+        try:
+            while True:
+                decision = self.tick()
+                if decision.action is Action.WAIT:
+                    self.sleep(self.poll_interval)
+                    continue
+                if decision.action is Action.SUCCEED:
+                    return self.result(decision)
+                if decision.action is Action.FAIL:
+                    error = _FAIL_ERRORS.get(decision.cause, StepFailedError)
+                    raise error(decision.reason, step_key=self.spec.key)
+        except KeyboardInterrupt:
+            raise self.interrupt("stopped by the user (interrupted)") from None
+
+    def interrupt(self, reason: str) -> StepInterruptedError:
+        """Stop the live attempt (if any) and record it as stopped, write-ahead; returns the
+        error that says where the checkpoint is and how to resume."""
+        live = self.ledger.live
+        stopped = None
+        if live is not None:
+            job_id = live.job_id or self.backend.find(live.job_name)
+            live = self.ledger.update(
+                live.model_copy(
+                    update={"stopping": Outcome.STOPPED, "reason": reason, "job_id": job_id}
+                )
+            )
+            if job_id is not None:
+                with contextlib.suppress(NotFoundError):
+                    self.backend.cancel(job_id, reason=f"{CANCEL_REASON_PREFIX} {reason}")
+                if live.state is not AttemptState.PENDING:
+                    self._await_exit(live, timeout_s=min(self.cancel_wait_s, 30.0))
+            self._finish_stopped(live, Outcome.STOPPED, reason)
+            stopped = live.number
+        latest = self.store.latest()
+        where = (
+            f"last checkpoint: step {latest.step} in {self.spec.checkpoint_uri}"
+            if latest is not None
+            else f"no checkpoint yet in {self.spec.checkpoint_uri}"
+        )
+        what = f"attempt {stopped} stopped" if stopped else "no attempt was running"
+        return StepInterruptedError(
+            f"interrupted: {what}; {where}; run the same command again to resume",
+            step_key=self.spec.key,
+        )
 
     def tick(self) -> Decision:
         """Reconcile the live attempt with the backend, decide, and carry out the decision
@@ -260,10 +309,10 @@ class StepRunner:
             live = self._record_last_checkpoint(live)
         self._emit(_OUTCOME_EVENTS[outcome], live, reason)
 
-    def _await_exit(self, attempt: Attempt) -> None:
+    def _await_exit(self, attempt: Attempt, timeout_s: float | None = None) -> None:
         """Wait (bounded) for a stopped attempt's worker to exit, so its emergency checkpoint is
         durable before the next attempt restores, and two workers never write one prefix."""
-        deadline = self.clock() + self.cancel_wait_s
+        deadline = self.clock() + (self.cancel_wait_s if timeout_s is None else timeout_s)
         while self.clock() < deadline:
             obs = self.backend.describe([attempt.job_id]).get(attempt.job_id)
             if obs is None or obs.state is AttemptState.DONE:
@@ -273,7 +322,7 @@ class StepRunner:
             "%s: attempt %s did not exit within %.0fs of being stopped; continuing",
             self.spec.key,
             attempt.number,
-            self.cancel_wait_s,
+            self.cancel_wait_s if timeout_s is None else timeout_s,
         )
 
     def _record_last_checkpoint(self, attempt: Attempt) -> Attempt:

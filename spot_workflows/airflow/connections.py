@@ -21,11 +21,9 @@ The cloud extras are listed in :mod:`spot_workflows.airflow.cloud`.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import re
-import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,11 +32,11 @@ from typing import Annotated, Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from spot_workflows.backends.base import Backend
-from spot_workflows.backends.local import LocalBackend
-from spot_workflows.backends.local_events import LocalEventSource
-from spot_workflows.backends.local_market import ScheduledMarket
-from spot_workflows.config import StepSpec, validate_checkpoint_uri
-from spot_workflows.core.outcomes import Capacity, TerminationNotice
+from spot_workflows.backends.local import LocalBackend, default_state_dir
+from spot_workflows.backends.local.events import LocalEventSource
+from spot_workflows.backends.local.market import ScheduledMarket
+from spot_workflows.config import validate_checkpoint_uri
+from spot_workflows.core.outcomes import TerminationNotice
 from spot_workflows.errors import ConfigError
 
 log = logging.getLogger("spot_workflows.airflow")
@@ -113,60 +111,49 @@ def local_settings(info: ConnectionInfo) -> LocalSettings:
 
 
 def local_state_dir(info: ConnectionInfo) -> Path:
+    """The connection's ``state_dir`` extra, else ``$SPOT_WORKFLOWS_LOCAL_DIR``, else
+    ``~/.spot-workflows/local``: one local spot cloud per state directory."""
     settings = local_settings(info)
-    raw = settings.state_dir or str(home() / "local" / info.conn_id)
-    return Path(raw).expanduser().resolve()
+    if settings.state_dir:
+        return Path(settings.state_dir).expanduser().resolve()
+    return default_state_dir()
 
 
 # -- backends -----------------------------------------------------------------------------------
 
 
-class AirflowLocalBackend(LocalBackend):
-    """The local backend as Airflow uses it: ``python`` / ``python3`` at the head of a command
-    run on the interpreter that runs Airflow (the one with spot-workflows installed)."""
+AirflowLocalBackend = LocalBackend
+"""Kept for compatibility: every local backend now runs ``python`` on this interpreter."""
 
-    def submit(self, spec: StepSpec, *, job_name: str, attempt: int, capacity: Capacity) -> str:
-        if spec.command[0] in ("python", "python3"):
-            spec = spec.model_copy(update={"command": [sys.executable, *spec.command[1:]]})
-        return super().submit(spec, job_name=job_name, attempt=attempt, capacity=capacity)
-
-
-_LOCAL: dict[Path, tuple[LocalSettings, AirflowLocalBackend]] = {}
+_LOCAL: dict[tuple[Path, str], LocalBackend] = {}
 _LOCAL_LOCK = threading.Lock()
 
 
-def _local_backend(info: ConnectionInfo) -> AirflowLocalBackend:
-    """One started local backend per state dir per process: its market thread must keep running
-    while a trigger waits (``dag.test()`` runs task and trigger in one process)."""
+def _local_backend(info: ConnectionInfo) -> LocalBackend:
+    """A client of the local spot cloud of the connection's state directory (the daemon is
+    started on first use and shared by the task, the triggerer and every other process)."""
     settings = local_settings(info)
     state_dir = local_state_dir(info)
     with _LOCAL_LOCK:
-        found = _LOCAL.get(state_dir)
-        if found is not None and found[0] == settings:
-            return found[1]
-        if found is not None:
-            log.warning("local backend settings for %s changed; restarting its market", state_dir)
-            found[1].close()
-        backend = AirflowLocalBackend(
-            state_dir=state_dir,
-            market=ScheduledMarket(reclaims=settings.reclaims, unavailable=settings.unavailable),
-            notice_window_s=settings.notice_window_s,
-            grace_s=settings.grace_s,
-            events_path=state_dir / EVENTS_FILE,
-        ).start()
-        _LOCAL[state_dir] = (settings, backend)
+        key = (state_dir, settings.model_dump_json())
+        backend = _LOCAL.get(key)
+        if backend is None:
+            backend = LocalBackend(
+                state_dir=state_dir,
+                market=ScheduledMarket(
+                    reclaims=settings.reclaims, unavailable=settings.unavailable
+                ),
+                notice_window_s=settings.notice_window_s,
+                grace_s=settings.grace_s,
+            ).start()
+            _LOCAL[key] = backend
         return backend
 
 
 def close_local_backends() -> None:
-    """Stop every local market this process started (tests; runs at exit)."""
+    """Forget the cached local clients (the daemons and their jobs go on)."""
     with _LOCAL_LOCK:
-        for _, backend in _LOCAL.values():
-            backend.close()
         _LOCAL.clear()
-
-
-atexit.register(close_local_backends)
 
 
 def build_backend(info: ConnectionInfo) -> Backend:

@@ -176,7 +176,7 @@ class SpotStepOperator(BaseOperator):
                 # the planner's tick: how often it decides (every poll when waiting in the task)
                 poll_interval=self.replan_interval if self.deferrable else self.poll_interval,
                 on_event=self._log_event,
-                spot_probe=market_probe(backend),  # local market: deadline policies may go back
+                spot_probe=market_probe(backend, spec.key),  # local market: may go back to spot
             )
         except (ConfigError, LedgerError) as exc:  # retrying cannot fix these
             raise AirflowFailException(f"{self.task_id}: {exc}") from exc

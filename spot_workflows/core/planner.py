@@ -97,6 +97,10 @@ BUDGET_TICKS = 2
 time a stop takes, ``Outlook.stop_s``) are left."""
 
 
+def _last_reason(last: Attempt) -> str:
+    return f"; attempt {last.number}: {last.reason}" if last.reason else ""
+
+
 def _capacity_timeout(policy: SpotPolicy, capacity: Capacity) -> float | None:
     if capacity is Capacity.SPOT:
         return policy.capacity_timeout_s
@@ -159,7 +163,7 @@ def decide(
         if errors > policy.app_error_retries:
             return Decision.fail(
                 f"{summary} (app-error retries {policy.app_error_retries} spent; "
-                "fix the step's command, preemptions were not the cause)"
+                "fix the step's command, preemptions were not the cause)" + _last_reason(last)
             )
     if outcome is Outcome.INFRA_ERROR or (
         outcome is Outcome.NO_CAPACITY and last.capacity is Capacity.ON_DEMAND
@@ -170,6 +174,7 @@ def decide(
         if faults > policy.infra_error_retries:
             return Decision.fail(
                 f"{summary} (infrastructure retries {policy.infra_error_retries} spent)"
+                + _last_reason(last)
             )
 
     if len(attempts) >= policy.max_attempts:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from spot_workflows.backends.local import LocalBackend
-from spot_workflows.backends.local_market import ScheduledMarket
+from spot_workflows.backends.local.market import ScheduledMarket
 from spot_workflows.config import SpotPolicy, StepSpec
 from spot_workflows.examples.etl_shards import EtlJob, plan, verify
 from spot_workflows.runner import StepRunner

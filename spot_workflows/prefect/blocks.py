@@ -142,9 +142,11 @@ class SpotBackendBlock(Block, ABC):
 class LocalBackendBlock(SpotBackendBlock):
     """Run spot steps on this machine: real subprocesses and a simulated spot market.
 
-    Each step gets its own state directory (``<state_dir>/<step key>``), so a retry of the step,
-    in this process or another, re-attaches to its jobs. Choose at most one market: a schedule of
-    reclaims (with optional windows without spot capacity), a Poisson process, or a trace.
+    Steps run on the local spot cloud of ``state_dir`` (one daemon per directory, shared by
+    every flow run, worker and process; started on first use): jobs outlive the flow run that
+    submitted them, so a retry of the step, in this process or another, re-attaches to its jobs.
+    The market is per step. Choose at most one market: a schedule of reclaims (with optional
+    windows without spot capacity), a Poisson process, or a trace.
 
     Example:
         ```python
@@ -159,7 +161,10 @@ class LocalBackendBlock(SpotBackendBlock):
 
     state_dir: str | None = Field(
         default=None,
-        description="Directory for job state; defaults to $SPOT_WORKFLOWS_HOME/local.",
+        description=(
+            "State directory of the local spot cloud; defaults to $SPOT_WORKFLOWS_LOCAL_DIR, "
+            "else ~/.spot-workflows/local."
+        ),
     )
     reclaim_after_s: list[Annotated[float, Field(gt=0)]] = Field(
         default_factory=list,
@@ -215,14 +220,20 @@ class LocalBackendBlock(SpotBackendBlock):
     def default_checkpoint_root(self) -> str:
         return f"file://{spot_workflows_home() / 'checkpoints'}"
 
-    def step_state_dir(self, step_key: str) -> Path:
-        root = (
-            Path(self.state_dir).expanduser() if self.state_dir else spot_workflows_home() / "local"
+    def cloud_state_dir(self) -> Path:
+        """The local spot cloud's state directory (one daemon per directory)."""
+        from spot_workflows.backends.local import default_state_dir
+
+        return (
+            Path(self.state_dir).expanduser().resolve() if self.state_dir else default_state_dir()
         )
-        return root / step_key
+
+    def step_state_dir(self, step_key: str) -> Path:
+        """Kept for compatibility: every step of a block shares its cloud's state directory."""
+        return self.cloud_state_dir()
 
     def make_market(self) -> Any:
-        from spot_workflows.backends import local_market
+        from spot_workflows.backends.local import market as local_market
 
         if self.poisson_rate_per_hour is not None:
             return local_market.PoissonMarket(
@@ -243,7 +254,7 @@ class LocalBackendBlock(SpotBackendBlock):
         from spot_workflows.backends.local import LocalBackend
 
         with LocalBackend(
-            state_dir=self.step_state_dir(step_key),
+            state_dir=self.cloud_state_dir(),
             market=self.make_market(),
             notice_window_s=self.notice_window_s,
             grace_s=self.grace_s,

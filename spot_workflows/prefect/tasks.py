@@ -199,7 +199,7 @@ def execute_step(
             store=store,
             poll_interval=poll_interval,
             on_event=handle,
-            spot_probe=market_probe(live),  # local market: deadline policies may go back to SPOT
+            spot_probe=market_probe(live, spec.key),  # local market: may go back to SPOT
         )
         with _artifact_on_exit(runner, backend=live.name, enabled=artifact, logger=logger):
             result = runner.run()

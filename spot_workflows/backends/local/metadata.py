@@ -52,6 +52,7 @@ class _Instance:
     maintenance: str = "NONE"
     corrupt: str | None = None
     requests: Counter = field(default_factory=Counter)
+    notices_served: int = 0  # answers that carried an interruption (AWS action, GCE TRUE)
 
 
 class LocalMetadataServer:
@@ -152,6 +153,19 @@ class LocalMetadataServer:
         """Invalidate every IMDSv2 token issued so far (clients must fetch a new one on 401)."""
         with self._cond:
             self._tokens.clear()
+
+    def notices_served(self, instance_id: str) -> int:
+        """How many answers to the instance carried its interruption notice (the AWS
+        ``spot/instance-action`` document or GCE ``preempted`` = ``TRUE``)."""
+        with self._cond:
+            inst = self._instances.get(instance_id)
+            return inst.notices_served if inst is not None else 0
+
+    def remove_instance(self, instance_id: str) -> None:
+        """Forget a simulated instance (its job is over)."""
+        with self._cond:
+            if instance_id != DEFAULT_INSTANCE:
+                self._instances.pop(instance_id, None)
 
     def requests_seen(self, instance_id: str = DEFAULT_INSTANCE) -> Counter:
         """A copy of the instance's request counter, keyed ``"METHOD /path[ (refusal)]"``."""
@@ -318,6 +332,9 @@ class _Handler(BaseHTTPRequestHandler):
         if value is None:
             self._send(404, "Not Found")
         else:
+            if path == "/latest/meta-data/spot/instance-action":
+                with owner._cond:
+                    inst.notices_served += 1
             self._send(200, value)
 
     # -- GCE ---------------------------------------------------------------------------------
@@ -348,6 +365,9 @@ class _Handler(BaseHTTPRequestHandler):
         if value is None:
             self._send(404, "Not Found", flavor)
         else:
+            if path == "/computeMetadata/v1/instance/preempted" and value == "TRUE":
+                with owner._cond:
+                    inst.notices_served += 1
             self._send(200, value, {**flavor, "ETag": _etag(value)})
 
     def _long_poll(

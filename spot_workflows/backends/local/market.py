@@ -1,8 +1,10 @@
-"""Simulated spot markets for the local backend: when spot capacity exists and when it is taken.
+"""Simulated spot markets for the local spot cloud: when spot capacity exists and when it is taken.
 
 One class per way of deciding: a fixed schedule, a seeded Poisson process, or a replayed
-availability trace (``shared/traces`` format). Times are seconds on the backend's clock; each
-market is told when the local backend starts (``t0``) and asked two questions:
+availability trace (``{"metadata": {"gap_seconds": N}, "data": [0/1, ...]}``). Times are seconds
+on the local cloud's clock. The local cloud keeps one market per step key, whichever process
+submitted the step's attempts: it is told when it first saw the step (``t0``) and asked two
+questions:
 
 * ``available(t)``: may a spot attempt start at time ``t``?
 * ``reclaim_at(n, started)``: when is the ``n``-th spot attempt (0-based) that started at
@@ -15,7 +17,7 @@ import json
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -61,18 +63,18 @@ class PoissonMarket:
     rate_per_hour: float
     seed: int = 0
     t0: float = 0.0
-    _rng: random.Random = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.rate_per_hour <= 0:
             raise ConfigError("PoissonMarket rate_per_hour must be > 0")
-        self._rng = random.Random(self.seed)
 
     def available(self, t: float) -> bool:
         return True
 
     def reclaim_at(self, n: int, started: float) -> float | None:
-        return started + self._rng.expovariate(self.rate_per_hour / 3600.0)
+        # a draw per (seed, n): the same schedule whichever process or daemon asks
+        rng = random.Random(f"{self.seed}:{n}")
+        return started + rng.expovariate(self.rate_per_hour / 3600.0)
 
 
 @dataclass
@@ -121,7 +123,7 @@ class TraceMarket:
         return None
 
 
-class NeverReclaimed:
+class NeverReclaimed:  # noqa: B903 - a value class like the others
     """A market with unlimited spot capacity that never reclaims (plain local runs)."""
 
     t0: float = 0.0
@@ -131,3 +133,54 @@ class NeverReclaimed:
 
     def reclaim_at(self, n: int, started: float) -> float | None:
         return None
+
+
+def market_spec(market: SpotMarket | None) -> dict:
+    """A market as a JSON-able spec (what a client sends the local cloud with each submission)."""
+    if market is None or isinstance(market, NeverReclaimed):
+        return {"kind": "never"}
+    if isinstance(market, ScheduledMarket):
+        return {
+            "kind": "scheduled",
+            "reclaims": [float(r) for r in market.reclaims],
+            "unavailable": [[float(a), float(b)] for a, b in market.unavailable],
+        }
+    if isinstance(market, PoissonMarket):
+        return {"kind": "poisson", "rate_per_hour": market.rate_per_hour, "seed": market.seed}
+    if isinstance(market, TraceMarket):
+        return {
+            "kind": "trace",
+            "data": [int(x) for x in market.data],
+            "tick_seconds": market.tick_seconds,
+            "start_tick": market.start_tick,
+        }
+    raise ConfigError(
+        f"the local spot cloud cannot run a {type(market).__name__} market: use ScheduledMarket, "
+        "PoissonMarket, TraceMarket or NeverReclaimed"
+    )
+
+
+def market_from_spec(spec: dict) -> SpotMarket:
+    """The market a spec stands for (raises ConfigError for a malformed one)."""
+    try:
+        kind = spec.get("kind", "never")
+        if kind == "never":
+            return NeverReclaimed()
+        if kind == "scheduled":
+            return ScheduledMarket(
+                reclaims=tuple(float(r) for r in spec.get("reclaims", ())),
+                unavailable=tuple((float(a), float(b)) for a, b in spec.get("unavailable", ())),
+            )
+        if kind == "poisson":
+            return PoissonMarket(
+                rate_per_hour=float(spec["rate_per_hour"]), seed=int(spec.get("seed", 0))
+            )
+        if kind == "trace":
+            return TraceMarket(
+                data=[int(x) for x in spec["data"]],
+                tick_seconds=float(spec["tick_seconds"]),
+                start_tick=int(spec.get("start_tick", 0)),
+            )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"malformed market spec {spec!r}: {exc}") from exc
+    raise ConfigError(f"unknown market kind {kind!r}: never, scheduled, poisson or trace")

@@ -1,0 +1,368 @@
+"""The local spot cloud's state machine: jobs, one spot market per step key, metadata endpoints.
+
+:class:`LocalCloud` is what the daemon (:mod:`.daemon`) serves; it owns every job under
+``STATE_DIR/jobs/`` and plays the market: a spot job waits while its step's market has no spot
+capacity (like a Batch job stuck RUNNABLE); when the market reclaims it, the notice appears on
+the job's metadata endpoint (AWS IMDSv2 and GCE paths, served by this process for as long as the
+job lives), SIGTERM follows after the job's notice window and SIGKILL after its grace period.
+On-demand jobs are never reclaimed.
+
+Markets are per step key: "reclaim the first two spot attempts" means the first two of *each*
+step, whichever process submitted them. Their state (first seen, spot attempts launched) is kept
+in ``markets.json`` so a restarted daemon goes on where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from spot_workflows.backends.local import jobs as J
+from spot_workflows.backends.local.events import append_event
+from spot_workflows.backends.local.market import market_from_spec
+from spot_workflows.backends.local.metadata import LocalMetadataServer
+from spot_workflows.core.outcomes import Capacity, Observation
+from spot_workflows.errors import BackendError, ConfigError, NotFoundError
+
+RELAUNCH_AFTER_S = 10.0
+"""Seconds a launched job may go without a supervisor claiming it before it is spawned again (the
+daemon was killed between marking it launched and spawning it)."""
+START_TIMEOUT_S = 30.0
+"""Seconds a claimed job may go without its supervisor reporting the command started."""
+EVENTS_FILE = "events.jsonl"
+
+
+class LocalCloud:
+    """Jobs, markets and metadata endpoints of one state directory (thread-safe)."""
+
+    def __init__(self, state_dir: Path, *, metadata_port: int = 0) -> None:
+        self.state_dir = Path(state_dir)
+        self.jobs_dir = self.state_dir / "jobs"
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self.events_path = self.state_dir / EVENTS_FILE
+        self._lock = threading.RLock()
+        self._live: set[str] = set()
+        self._children: list[subprocess.Popen] = []
+        self._markets: dict[str, dict] = _read_markets(self.state_dir / "markets.json")
+        self.metadata = LocalMetadataServer(port=metadata_port)
+        self.last_activity = time.time()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> LocalCloud:
+        try:
+            self.metadata.start()
+        except OSError:  # the previous daemon's port is taken: live jobs lose their endpoint
+            self.metadata = LocalMetadataServer()
+            self.metadata.start()
+        self.adopt()
+        return self
+
+    def adopt(self) -> None:
+        """Take over the jobs of a previous daemon: still-running ones keep running (their
+        endpoint comes back); a supervisor that died while nobody watched is recorded lost."""
+        with self._lock:
+            for job_dir in sorted(self.jobs_dir.iterdir()):
+                if not (job_dir / J.JOB).exists() or J.is_done(job_dir):
+                    continue
+                job = J.read_json(job_dir / J.JOB) or {}
+                self._live.add(job_dir.name)
+                if job.get("instance_id"):
+                    self.metadata.add_instance(job["instance_id"])
+                    reclaim = J.read_json(job_dir / J.RECLAIM)
+                    if reclaim is not None:
+                        self._serve_notice(job, reclaim["deadline"])
+                self._check_supervisor(job_dir, job, time.time())
+
+    def close(self) -> None:
+        self.metadata.stop()
+
+    # -- API ---------------------------------------------------------------------------------
+    def submit(self, doc: dict) -> str:
+        for field in ("job_name", "command", "capacity", "env"):
+            if field not in doc:
+                raise ConfigError(f"a local job needs {field!r}")
+        if doc["capacity"] not in (Capacity.SPOT.value, Capacity.ON_DEMAND.value):
+            raise ConfigError(f"capacity {doc['capacity']!r} must be SPOT or ON_DEMAND")
+        market_from_spec(doc.get("market") or {})  # reject a malformed market now
+        job_id = f"local-{secrets.token_hex(4)}"
+        instance_id = f"i-{secrets.token_hex(8)}"
+        endpoint = self.metadata.endpoint_for(instance_id)
+        env = {
+            **doc["env"],
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT": endpoint,
+            "GCE_METADATA_HOST": endpoint.removeprefix("http://"),
+        }
+        job = {
+            **doc,
+            "job_id": job_id,
+            "instance_id": instance_id,
+            "env": env,
+            "step_key": doc.get("step_key") or doc["env"].get("SPOT_STEP_KEY") or doc["job_name"],
+            "submitted_at": time.time(),
+        }
+        with self._lock:
+            job_dir = self.jobs_dir / job_id
+            job_dir.mkdir()
+            self.metadata.add_instance(instance_id)
+            J.write_json_atomic(job_dir / J.JOB, job)
+            self._live.add(job_id)
+        return job_id
+
+    def describe(self, job_ids: list[str]) -> dict[str, Observation]:
+        return {
+            job_id: J.observe(self.jobs_dir / job_id)
+            for job_id in job_ids
+            if _safe_id(job_id) and (self.jobs_dir / job_id / J.JOB).exists()
+        }
+
+    def cancel(self, job_id: str, *, reason: str) -> None:
+        job_dir = self._job_dir(job_id)
+        with self._lock:
+            if not (job_dir / J.CANCEL).exists():
+                J.write_json_atomic(job_dir / J.CANCEL, {"reason": reason, "at": time.time()})
+            self._signal_job(job_dir, signal.SIGTERM)
+
+    def find(self, job_name: str) -> str | None:
+        for job_dir in sorted(self.jobs_dir.iterdir()):
+            job = J.read_json(job_dir / J.JOB)
+            if job and job.get("job_name") == job_name:
+                return job["job_id"]
+        return None
+
+    def reclaim(self, job_id: str) -> None:
+        """Reclaim a running spot job now (notice, then SIGTERM/SIGKILL)."""
+        job_dir = self._job_dir(job_id)
+        with self._lock:
+            job = J.read_json(job_dir / J.JOB) or {}
+            if job.get("capacity") != Capacity.SPOT.value or "launched_at" not in job:
+                raise BackendError(f"local job {job_id} is not a launched spot attempt")
+            job["reclaim_at"] = time.time()
+            J.write_json_atomic(job_dir / J.JOB, job)
+
+    def spot_available(self, step_key: str, market: dict) -> bool:
+        with self._lock:
+            state = self._market_state(step_key, market)
+            return market_from_spec(state["spec"]).available(time.time() - state["t0"])
+
+    def jobs(self) -> list[dict]:
+        return [J.summary(d) for d in sorted(self.jobs_dir.iterdir()) if (d / J.JOB).exists()]
+
+    @property
+    def live_jobs(self) -> int:
+        with self._lock:
+            return len(self._live)
+
+    def stop_all(self, *, reason: str, grace_s: float = 5.0) -> int:
+        """Cancel every live job (SIGTERM, SIGKILL after ``grace_s``) and wait, bounded, until
+        each has an exit recorded. Returns how many jobs were stopped."""
+        with self._lock:
+            live = sorted(self._live)
+            for job_id in live:
+                self.cancel(job_id, reason=reason)
+        deadline = time.time() + grace_s + 5.0
+        while time.time() < deadline:
+            self.tick(time.time())
+            with self._lock:
+                if not self._live:
+                    break
+            time.sleep(0.05)
+        return len(live)
+
+    # -- the market ------------------------------------------------------------------------------
+    def tick(self, now: float) -> None:
+        self._children = [c for c in self._children if c.poll() is None]  # reap supervisors
+        with self._lock:
+            for job_id in sorted(self._live):
+                job_dir = self.jobs_dir / job_id
+                job = J.read_json(job_dir / J.JOB)
+                if job is None:
+                    self._live.discard(job_id)
+                    continue
+                if "launched_at" not in job:
+                    self._maybe_launch(job_dir, job, now)
+                else:
+                    self._maybe_relaunch(job_dir, job, now)
+                    self._check_supervisor(job_dir, job, now)
+                    self._maybe_reclaim(job_dir, job, now)
+                    self._note_notice(job_dir, job)
+                if J.is_done(job_dir):
+                    self._live.discard(job_id)
+                    self.metadata.remove_instance(job.get("instance_id") or "-")
+
+    def _market_state(self, step_key: str, spec: dict) -> dict:
+        state = self._markets.get(step_key)
+        if state is None or state["spec"] != spec:
+            launched = state["launched"] if state is not None else 0
+            t0 = state["t0"] if state is not None else time.time()
+            state = {"spec": spec, "t0": t0, "launched": launched}
+            self._markets[step_key] = state
+            self._save_markets()
+        return state
+
+    def _save_markets(self) -> None:
+        J.write_json_atomic(self.state_dir / "markets.json", self._markets)
+
+    def _maybe_launch(self, job_dir: Path, job: dict, now: float) -> None:
+        if (job_dir / J.CANCEL).exists():
+            return
+        spot = job["capacity"] == Capacity.SPOT.value
+        if spot:
+            state = self._market_state(job["step_key"], job.get("market") or {"kind": "never"})
+            market = market_from_spec(state["spec"])
+            if not market.available(now - state["t0"]):
+                return
+            reclaim = market.reclaim_at(state["launched"], now - state["t0"])
+            job["reclaim_at"] = None if reclaim is None else reclaim + state["t0"]
+            job["market_attempt"] = state["launched"]
+            state["launched"] += 1
+            self._save_markets()
+        job["launched_at"] = now
+        J.write_json_atomic(job_dir / J.JOB, job)  # before spawning: never launch twice
+        self._spawn(job_dir)
+
+    def _maybe_relaunch(self, job_dir: Path, job: dict, now: float) -> None:
+        """Launched (on disk) but no supervisor ever claimed it: spawn one again. The claim
+        file makes a second supervisor (the first was only slow) exit at once."""
+        if any((job_dir / n).exists() for n in (J.CLAIM, J.STATUS, J.CANCEL)):
+            return
+        if now - job.get("relaunched_at", job["launched_at"]) < RELAUNCH_AFTER_S:
+            return
+        job["relaunched_at"] = now
+        J.write_json_atomic(job_dir / J.JOB, job)
+        self._spawn(job_dir)
+
+    def _check_supervisor(self, job_dir: Path, job: dict, now: float) -> None:
+        """A supervisor that died without recording an exit (killed, or crashed before it
+        started the command): record the job as lost, so it is never waited on forever."""
+        status = J.read_json(job_dir / J.STATUS)
+        if status is not None:
+            if "exit_code" in status or J.alive(
+                status.get("supervisor_pid"), status.get("supervisor_start")
+            ):
+                return
+            what = f"the job's supervisor (pid {status.get('supervisor_pid')}) died"
+        else:
+            try:
+                pid = int((job_dir / J.CLAIM).read_text() or 0)
+            except (OSError, ValueError):
+                return
+            claimed = (job_dir / J.CLAIM).stat().st_mtime
+            if J.alive(pid) and now - claimed < START_TIMEOUT_S:
+                return
+            if J.alive(pid):
+                what = f"the job's supervisor (pid {pid}) did not start the command in time"
+                with contextlib.suppress(OSError):
+                    os.killpg(pid, signal.SIGKILL)
+            else:
+                what = f"the job's supervisor (pid {pid}) exited before starting the command"
+            status = {"supervisor_pid": pid, "started_at": None}
+        status.update({"exit_code": None, "ended_at": now, "lost": what})
+        J.write_json_atomic(job_dir / J.STATUS, status)
+        self._record(job, "lost", now, reason=what)
+
+    def _spawn(self, job_dir: Path) -> None:
+        self._children.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "spot_workflows.backends.local.worker", str(job_dir)],
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+
+    def _maybe_reclaim(self, job_dir: Path, job: dict, now: float) -> None:
+        grace = float(job.get("grace_s", 5.0))
+        cancel = J.read_json(job_dir / J.CANCEL)
+        if cancel is not None:
+            if now >= cancel["at"] + grace:
+                self._signal_job(job_dir, signal.SIGKILL)
+            return
+        reclaim_at = job.get("reclaim_at")
+        if reclaim_at is None or now < reclaim_at or not (job_dir / J.STATUS).exists():
+            return
+        window = float(job.get("notice_window_s", 2.0))
+        reclaim = J.read_json(job_dir / J.RECLAIM)
+        if reclaim is None:
+            deadline = now + window
+            reclaim = {"notice_at": now, "deadline": deadline, "stage": "notice"}
+            if window > 0:
+                self._serve_notice(job, deadline)
+            J.write_json_atomic(job_dir / J.RECLAIM, reclaim)
+            self._record(job, "notice", now, deadline=deadline)
+        if reclaim["stage"] == "notice" and now >= reclaim["deadline"]:
+            reclaim["stage"] = "sigterm"
+            J.write_json_atomic(job_dir / J.RECLAIM, reclaim)
+            sig = signal.SIGTERM if grace > 0 else signal.SIGKILL
+            self._signal_job(job_dir, sig)
+            self._record(job, sig.name.lower(), now)
+        elif reclaim["stage"] == "sigterm" and now >= reclaim["deadline"] + grace:
+            reclaim["stage"] = "sigkill"
+            J.write_json_atomic(job_dir / J.RECLAIM, reclaim)
+            self._signal_job(job_dir, signal.SIGKILL)
+            self._record(job, "sigkill", now)
+
+    def _serve_notice(self, job: dict, deadline: float) -> None:
+        when = datetime.fromtimestamp(deadline, tz=UTC)
+        self.metadata.set_interruption(job["instance_id"], deadline=when)
+        self.metadata.set_gce_preempted(job["instance_id"], True)
+
+    def _note_notice(self, job_dir: Path, job: dict) -> None:
+        """Record once that the worker read its notice on the metadata endpoint."""
+        if (job_dir / J.NOTICE).exists() or not (job_dir / J.RECLAIM).exists():
+            return
+        served = self.metadata.notices_served(job["instance_id"])
+        if served:
+            J.write_json_atomic(job_dir / J.NOTICE, {"served": served, "at": time.time()})
+
+    def _record(self, job: dict, event: str, now: float, **extra: object) -> None:
+        doc = {
+            "event": event,
+            "at": now,
+            "job_id": job["job_id"],
+            "job_name": job.get("job_name"),
+            "step_key": job.get("step_key"),
+            "capacity": job.get("capacity"),
+            "instance_id": job.get("instance_id"),
+            **extra,
+        }
+        with contextlib.suppress(OSError):  # watchers lose one event; the market goes on
+            append_event(self.events_path, doc)
+
+    def _signal_job(self, job_dir: Path, sig: signal.Signals) -> None:
+        """Signal every process of the job except its supervisor (which records the exit)."""
+        status = J.read_json(job_dir / J.STATUS)
+        if not status or "exit_code" in status or not status.get("supervisor_pid"):
+            return
+        supervisor = status["supervisor_pid"]
+        for pid in J.session_pids(supervisor):
+            if pid != supervisor:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+
+    def _job_dir(self, job_id: str) -> Path:
+        job_dir = self.jobs_dir / job_id
+        if not _safe_id(job_id) or not (job_dir / J.JOB).exists():
+            raise NotFoundError(f"local job {job_id} does not exist under {self.state_dir}")
+        return job_dir
+
+
+def _safe_id(job_id: str) -> bool:
+    return bool(job_id) and "/" not in job_id and job_id not in (".", "..")
+
+
+def _read_markets(path: Path) -> dict[str, dict]:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
