@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from spot_workflows.backends.local import LocalBackend
-from spot_workflows.backends.local_market import ScheduledMarket
+from spot_workflows.backends.local.market import ScheduledMarket
 from spot_workflows.config import SpotPolicy, StepSpec
 from spot_workflows.core.outcomes import Action
 from spot_workflows.demo import attempts_report
@@ -68,8 +68,9 @@ def run(
         if live is not None and live.job_id is not None:
             backend.cancel(live.job_id, reason="spot-workflows: benchmark finished")
         result = runner.result(runner.tick())
-        notices = [e["at"] for e in backend.events if e["event"] == "notice"]
+        notices = [e["at"] for e in backend.market_events() if e["event"] == "notice"]
         rows = attempts_report(result, backend)
+        backend.shutdown()  # this run's own local cloud: nothing outlives the benchmark
     submits = [a.submitted_at for a in result.attempts]
     latencies = [
         min(s for s in submits if s > n) - n for n in notices if any(s > n for s in submits)

@@ -216,11 +216,25 @@ def _print_report(rep) -> None:
         out.print(f"[yellow]unpriced (not counted):[/] {u}")
 
 
-@main.command("ledger")
+class _LedgerGroup(click.Group):
+    """``ledger URI --key K`` shows the ledger; ``ledger reopen URI --key K`` reopens it."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["show", *args]
+        return super().parse_args(ctx, args)
+
+
+@main.group("ledger", cls=_LedgerGroup)
+def ledger_group() -> None:
+    """The attempt ledger stored next to a step's checkpoints: show it, or reopen a step."""
+
+
+@ledger_group.command("show")
 @click.argument("checkpoint_uri")
 @click.option("--key", required=True, help="Step key the ledger belongs to.")
 @click.option("--json", "as_json", is_flag=True)
-def ledger_cmd(checkpoint_uri: str, key: str, as_json: bool) -> None:
+def ledger_show(checkpoint_uri: str, key: str, as_json: bool) -> None:
     """Show the attempt ledger stored next to a step's checkpoints."""
     from spot_workflows.ledger import Ledger
     from spot_workflows.runtime.store import CheckpointStore
@@ -243,6 +257,41 @@ def ledger_cmd(checkpoint_uri: str, key: str, as_json: bool) -> None:
             (a.reason or "")[:60],
         )
     Console().print(table)
+
+
+@ledger_group.command("reopen")
+@click.argument("checkpoint_uri")
+@click.option("--key", required=True, help="Step key the ledger belongs to.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def ledger_reopen(checkpoint_uri: str, key: str, yes: bool) -> None:
+    """Let a step whose last attempt was cancelled from outside (console, CLI) run again: the
+    next run resumes from its last checkpoint."""
+    import time
+
+    from spot_workflows.ledger import Ledger
+    from spot_workflows.runtime.store import CheckpointStore
+
+    ledger = _guard(lambda: Ledger.open(CheckpointStore(checkpoint_uri), key))
+    last = ledger.attempts[-1] if ledger.attempts else None
+    if last is None or last.outcome is None or last.outcome.value != "CANCELLED":
+        state = "has no attempts" if last is None else f"ends with attempt {last.number} "
+        if last is not None:
+            state += last.outcome.value if last.outcome else last.state.value
+        console.print(f"[bold red]error:[/] nothing to reopen: step {key!r} {state}")
+        sys.exit(2)
+    if not yes:
+        click.confirm(
+            f"attempt {last.number} of {key!r} was cancelled outside spot-workflows "
+            f"({last.reason}); let the step run again from its last checkpoint?",
+            abort=True,
+        )
+    attempt = _guard(
+        lambda: ledger.reopen(now=time.time(), reason="reopened by spot-workflows ledger reopen")
+    )
+    click.echo(
+        f"reopened {key!r}: attempt {attempt.number} is now recorded as stopped; the next run "
+        "of the step resumes from its last checkpoint"
+    )
 
 
 def _guard(fn):

@@ -73,3 +73,8 @@ class StepInterruptedError(SpotWorkflowsError):
         super().__init__(reason)
         self.reason = reason
         self.step_key = step_key
+
+
+class WriteConflictError(SpotWorkflowsError):
+    """A compare-and-swap write found the object changed by another writer since it was read;
+    nothing was written. Re-read the object, re-apply the change and write again."""

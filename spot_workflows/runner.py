@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,7 +36,7 @@ from spot_workflows.errors import (
     StepFailedError,
     StepInterruptedError,
 )
-from spot_workflows.ledger import Ledger
+from spot_workflows.ledger import AttemptIsLive, Ledger
 from spot_workflows.runtime.store import CheckpointStore
 
 log = logging.getLogger("spot_workflows.runner")
@@ -111,6 +113,7 @@ class StepRunner:
         on_event: Callable[[RunnerEvent], None] | None = None,
         cancel_wait_s: float = 120.0,
         spot_probe: Callable[[], bool | None] | None = None,
+        submit_grace_s: float = 60.0,
     ) -> None:
         self.spec = spec
         self.backend = backend
@@ -121,6 +124,9 @@ class StepRunner:
         self.sleep = sleep
         self.on_event = on_event
         self.cancel_wait_s = cancel_wait_s
+        self.submit_grace_s = submit_grace_s
+        """How long another runner's recorded attempt may stay unsubmitted before this runner
+        takes it over (sooner when its owner is a process of this host that no longer runs)."""
         self.ledger = Ledger.open(self.store, spec.key)
         self._last_tick_at: float | None = None
         self.spot_probe = spot_probe
@@ -161,11 +167,9 @@ class StepRunner:
         stopped = None
         if live is not None:
             job_id = live.job_id or self.backend.find(live.job_name)
-            live = self.ledger.update(
-                live.model_copy(
-                    update={"stopping": Outcome.STOPPED, "reason": reason, "job_id": job_id}
-                )
-            )
+            if job_id is not None and live.job_id is None:
+                live = self.ledger.set_job_id(live, job_id)
+            live = self.ledger.update(live, stopping=Outcome.STOPPED, reason=reason)
             if job_id is not None:
                 with contextlib.suppress(NotFoundError):
                     self.backend.cancel(job_id, reason=f"{CANCEL_REASON_PREFIX} {reason}")
@@ -236,13 +240,20 @@ class StepRunner:
 
     # -- steps -------------------------------------------------------------------------------
     def reconcile(self) -> None:
-        live = self.ledger.live
+        live = self.ledger.refresh().live  # another runner of the step may have written
         if live is None:
             return
         if live.job_id is None:
-            # Crashed between recording the attempt and recording its job id.
+            # Recorded, not (yet) known to be submitted: by us, by another runner of the step
+            # right now, or by one that crashed between the two writes.
             job_id = self.backend.find(live.job_name)
             if job_id is None:
+                if live.owner != self.ledger.owner and not self._owner_gone(live):
+                    return  # its owner is submitting it: wait, never submit a duplicate
+                if live.owner != self.ledger.owner:
+                    live = self.ledger.take_over(live)
+                    if live.owner != self.ledger.owner or live.job_id is not None:
+                        return  # someone else took it over first
                 self._submit_recorded(live)
                 return
             live = self.ledger.set_job_id(live, job_id)
@@ -277,13 +288,21 @@ class StepRunner:
         if decision.action is Action.SUBMIT:
             assert decision.capacity is not None
             latest = self.store.latest()
-            attempt = self.ledger.begin(
-                capacity=decision.capacity,
-                backend=self.backend.name,
-                now=self.clock(),
-                resumed_from_step=latest.step if latest else None,
-                progress=latest.progress if latest else None,
-            )
+            try:
+                attempt = self.ledger.begin(
+                    capacity=decision.capacity,
+                    backend=self.backend.name,
+                    now=self.clock(),
+                    resumed_from_step=latest.step if latest else None,
+                    progress=latest.progress if latest else None,
+                )
+            except AttemptIsLive as live:  # another runner of the step won: re-attach to it
+                self._emit(
+                    "reattached",
+                    live.attempt,
+                    f"attempt {live.attempt.number} was recorded by another runner; re-attaching",
+                )
+                return
             if decision.escalated:
                 self._emit("escalated", attempt, decision.reason)
             self._submit_recorded(attempt)
@@ -291,9 +310,7 @@ class StepRunner:
             live = self.ledger.live
             assert live is not None and live.job_id is not None and decision.outcome is not None
             # write-ahead: a re-run after a crash past the cancel records what was meant here
-            live = self.ledger.update(
-                live.model_copy(update={"stopping": decision.outcome, "reason": decision.reason})
-            )
+            live = self.ledger.update(live, stopping=decision.outcome, reason=decision.reason)
             cancelled_at = self.clock()
             self.backend.cancel(live.job_id, reason=f"{CANCEL_REASON_PREFIX} {decision.reason}")
             if live.state is AttemptState.RUNNING:
@@ -308,6 +325,20 @@ class StepRunner:
         if live.started_at is not None:
             live = self._record_last_checkpoint(live)
         self._emit(_OUTCOME_EVENTS[outcome], live, reason)
+
+    def _owner_gone(self, attempt: Attempt) -> bool:
+        """Whether the runner that owns a recorded-but-unsubmitted attempt is gone: a process of
+        this host that no longer runs, or (any host) silent for ``submit_grace_s``."""
+        host, _, rest = (attempt.owner or "").partition(":")
+        pid = rest.partition(":")[0]
+        if host == socket.gethostname() and pid.isdigit():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                pass
+        return self.clock() - attempt.submitted_at > self.submit_grace_s
 
     def _await_exit(self, attempt: Attempt, timeout_s: float | None = None) -> None:
         """Wait (bounded) for a stopped attempt's worker to exit, so its emergency checkpoint is
@@ -331,13 +362,10 @@ class StepRunner:
         if latest is None:
             return attempt
         return self.ledger.update(
-            attempt.model_copy(
-                update={
-                    "last_checkpoint_step": latest.step,
-                    "last_checkpoint_at": latest.created_at,
-                    "progress_end": latest.progress,
-                }
-            )
+            attempt,
+            last_checkpoint_step=latest.step,
+            last_checkpoint_at=latest.created_at,
+            progress_end=latest.progress,
         )
 
     def _submit_recorded(self, attempt: Attempt) -> None:
@@ -345,6 +373,11 @@ class StepRunner:
             self.spec, job_name=attempt.job_name, attempt=attempt.number, capacity=attempt.capacity
         )
         attempt = self.ledger.set_job_id(attempt, job_id)
+        if attempt.job_id != job_id:  # another runner took the attempt over and submitted too
+            self.backend.cancel(
+                job_id, reason=f"{CANCEL_REASON_PREFIX} duplicate of {attempt.job_id}, not run"
+            )
+            return
         self._emit(
             "submitted",
             attempt,

@@ -66,3 +66,23 @@ def _stop_local_clouds():
             LocalCloudClient(state_dir, start=False).stop(reason="test session over")
         except Exception as exc:  # best effort: report, go on with the others
             print(f"could not stop the local cloud of {state_dir}: {exc}")
+
+
+@pytest.fixture(autouse=True)
+def _stop_this_tests_local_clouds(request):
+    """Stop the daemons a test started under its own tmp_path when it ends (fewer idle
+    daemons ticking while the rest of the suite runs)."""
+    mine = None
+    if "tmp_path" in request.fixturenames:
+        mine = Path(request.getfixturevalue("tmp_path")).resolve()
+    yield
+    if mine is None:
+        return
+    from spot_workflows.backends.local import LocalCloudClient
+
+    for state_dir in _local_cloud_dirs():
+        if mine in state_dir.parents:
+            try:
+                LocalCloudClient(state_dir, start=False).stop(reason="test over")
+            except Exception as exc:  # best effort
+                print(f"could not stop the local cloud of {state_dir}: {exc}")

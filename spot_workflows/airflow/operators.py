@@ -36,7 +36,7 @@ from spot_workflows.airflow.steps import (
     replans_while_live,
     step_summary,
 )
-from spot_workflows.airflow.triggers import SpotJobTrigger
+from spot_workflows.airflow.triggers import SpotJobTrigger, settle_deadline
 from spot_workflows.config import SpotPolicy, StepSpec
 from spot_workflows.core.classify import CANCEL_REASON_PREFIX
 from spot_workflows.core.outcomes import Action, AttemptState, Capacity, Decision
@@ -263,6 +263,8 @@ class SpotStepOperator(BaseOperator):
                 job_id=live.job_id,
                 poll_interval=self.poll_interval,
                 wake_at=wake_at,
+                # no resume within seconds of this deferral: Airflow could fail the task
+                not_before=settle_deadline(),
             ),
             method_name="execute_complete",
         )
@@ -275,5 +277,6 @@ def _failure(spec: StepSpec, decision: Decision) -> str:
     return (
         f"step {spec.key} failed: {decision.reason}. The ledger at {spec.checkpoint_uri} keeps "
         "this history, so retrying the task gives the same answer; to run the step again, fix "
-        "the cause and use a new checkpoint_uri (or move its ledger.json aside)"
+        "the cause and use a new checkpoint_uri (after a cancel from outside: "
+        f"'spot-workflows ledger reopen {spec.checkpoint_uri} --key {spec.key}')"
     )

@@ -3,7 +3,7 @@
 - ``submit`` registers (once) a job definition from the StepSpec -- image, command, vCPU/memory,
   GPU ``resourceRequirements``, timeout, an optional Batch-level ``retryStrategy`` that retries
   ``Host EC2*`` reclaims in place -- and submits the attempt to the spot or the on-demand queue
-  with the DESIGN §4 environment in ``containerOverrides``. The job name is the ledger's
+  with the worker environment in ``containerOverrides``. The job name is the ledger's
   (deterministic per attempt), so a lost answer or a crashed runner re-attaches via ``find``.
 - ``describe`` calls DescribeJobs in batches of 100 and classifies each job with the core
   classifier; a RUNNABLE job is PENDING, and the planner cancels it past the capacity timeout.

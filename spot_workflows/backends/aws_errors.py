@@ -5,7 +5,7 @@ Every AWS call the package makes goes through :class:`AwsCaller`, which
 - retries throttling, 5xx answers and dropped connections with capped exponential backoff and
   full jitter, at most ``RetryPolicy.max_attempts`` times (never unbounded);
 - translates botocore exceptions into :mod:`spot_workflows.errors` with text that says what to fix
-  (DESIGN §3 rule 5). Credentials are never logged or put into messages.
+ . Credentials are never logged or put into messages.
 
 botocore's own retries are switched off on the clients made here (``total_max_attempts=1``) so
 that the two loops never multiply; a client you inject keeps its own configuration.

@@ -70,7 +70,7 @@ def job_definition(
 ) -> dict[str, Any]:
     """``register_job_definition`` arguments for ``spec`` (all but ``jobDefinitionName``).
 
-    The per-attempt environment (DESIGN §4) is not part of it: it goes into each submission's
+    The per-attempt environment is not part of it: it goes into each submission's
     ``containerOverrides`` so one definition serves every attempt of the step.
     """
     if not spec.image:

@@ -17,7 +17,7 @@ from spot_workflows.core.outcomes import Capacity, Observation
 def attempt_env(
     spec: StepSpec, *, attempt: int, capacity: Capacity, extra: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    """The DESIGN §4 environment every attempt's process gets, plus the user's ``env``."""
+    """The worker environment every attempt's process gets, plus the user's ``env``."""
     env = dict(spec.env)
     env.update(
         {

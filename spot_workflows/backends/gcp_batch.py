@@ -1,6 +1,6 @@
 """GCP Batch backend: one Batch job per attempt, SPOT or STANDARD provisioning.
 
-Facts it relies on (DESIGN §5): ``ProvisioningModel`` STANDARD=1, SPOT=2; ``maxRetryCount`` 0..10
+Facts it relies on: ``ProvisioningModel`` STANDARD=1, SPOT=2; ``maxRetryCount`` 0..10
 with one lifecycle policy; reserved exit codes 50000-50006 (50001 = spot preemption, 50005 = max
 run duration exceeded); a preemption status event reads ``... due to Spot Preemption with exit code
 50001.``. Jobs live under the regional parent ``projects/P/locations/R``.

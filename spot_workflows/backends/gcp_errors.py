@@ -3,7 +3,7 @@
 Every call the GCP Batch backend makes goes through :func:`call`: transient failures
 (``UNAVAILABLE``, ``DEADLINE_EXCEEDED``, ``INTERNAL``, ``ABORTED``) are retried with capped
 exponential backoff; everything else is translated at once into an error from
-:mod:`spot_workflows.errors` whose text says what to fix (DESIGN §3 rule 5).
+:mod:`spot_workflows.errors` whose text says what to fix.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Pure functions: each takes what a provider reports about a job (state, status reason, exit code,
 status events) and says whether the attempt is still waiting, running, or how it ended. Facts are
-from DESIGN §5; every rule has a row in ``tests/unit/test_classify.py``.
+from the providers' documentation; every rule has a row in ``tests/unit/test_classify.py``.
 """
 
 from __future__ import annotations

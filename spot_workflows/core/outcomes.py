@@ -89,6 +89,13 @@ class Attempt(BaseModel):
     """Written (ahead) when spot-workflows cancels the attempt: the outcome it is recording, so
     a runner killed between the cancel and its record does not read its own cancel back as a
     cancel from outside."""
+    owner: str | None = None
+    """The runner that won the right to submit this attempt (written ahead, with the job name);
+    any other runner of the step re-attaches to the job instead of submitting one."""
+    watcher: str | None = None
+    """The orchestrator task (try) now waiting on the attempt, when the engine says (Airflow: the
+    task instance and try). A stop from a task that is no longer the watcher (a newer try has
+    re-attached) leaves the job alone."""
 
     @property
     def live(self) -> bool:

@@ -154,7 +154,8 @@ def decide(
     summary = describe_history(attempts)
     if outcome is Outcome.CANCELLED:
         return Decision.fail(
-            f"attempt {last.number} was cancelled outside spot-workflows: {summary}"
+            f"attempt {last.number} was cancelled outside spot-workflows: {summary}; "
+            "'spot-workflows ledger reopen CHECKPOINT_URI --key STEP_KEY' lets it run again"
         )
     if outcome is Outcome.TIMEOUT:
         return Decision.fail(f"attempt {last.number} exceeded its run-time limit: {summary}")

@@ -73,8 +73,11 @@ def run(
         ) as backend,
         LedgerProgress(ledger, enabled=progress),
     ):
-        result = StepRunner(spec=spec, backend=backend, policy=policy, poll_interval=0.2).run()
-        logs = [backend.log_path(a.job_id).read_text() for a in result.attempts if a.job_id]
+        try:
+            result = StepRunner(spec=spec, backend=backend, policy=policy, poll_interval=0.2).run()
+            logs = [backend.log_path(a.job_id).read_text() for a in result.attempts if a.job_id]
+        finally:
+            backend.shutdown()  # the demo's own local cloud: nothing outlives it
     wall = time.time() - started
     reports = [
         json.loads(line.split(" ", 1)[1])

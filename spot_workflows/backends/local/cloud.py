@@ -51,10 +51,12 @@ class LocalCloud:
         self.events_path = self.state_dir / EVENTS_FILE
         self._lock = threading.RLock()
         self._live: set[str] = set()
+        self._names: dict[str, str] = {}  # job name -> job id: a name is submitted once
         self._children: list[subprocess.Popen] = []
         self._markets: dict[str, dict] = _read_markets(self.state_dir / "markets.json")
         self.metadata = LocalMetadataServer(port=metadata_port)
         self.last_activity = time.time()
+        self.wakeup = threading.Event()  # set when there is something to do at once
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> LocalCloud:
@@ -71,9 +73,11 @@ class LocalCloud:
         endpoint comes back); a supervisor that died while nobody watched is recorded lost."""
         with self._lock:
             for job_dir in sorted(self.jobs_dir.iterdir()):
-                if not (job_dir / J.JOB).exists() or J.is_done(job_dir):
-                    continue
                 job = J.read_json(job_dir / J.JOB) or {}
+                if job.get("job_name"):
+                    self._names.setdefault(job["job_name"], job_dir.name)
+                if not job or J.is_done(job_dir):
+                    continue
                 self._live.add(job_dir.name)
                 if job.get("instance_id"):
                     self.metadata.add_instance(job["instance_id"])
@@ -87,12 +91,18 @@ class LocalCloud:
 
     # -- API ---------------------------------------------------------------------------------
     def submit(self, doc: dict) -> str:
+        """Create a job; a job name already submitted returns that job (submitting is
+        idempotent per name, so two runners of one attempt never start two jobs)."""
         for field in ("job_name", "command", "capacity", "env"):
             if field not in doc:
                 raise ConfigError(f"a local job needs {field!r}")
         if doc["capacity"] not in (Capacity.SPOT.value, Capacity.ON_DEMAND.value):
             raise ConfigError(f"capacity {doc['capacity']!r} must be SPOT or ON_DEMAND")
         market_from_spec(doc.get("market") or {})  # reject a malformed market now
+        with self._lock:
+            existing = self._names.get(doc["job_name"])
+            if existing is not None:
+                return existing
         job_id = f"local-{secrets.token_hex(4)}"
         instance_id = f"i-{secrets.token_hex(8)}"
         endpoint = self.metadata.endpoint_for(instance_id)
@@ -110,11 +120,16 @@ class LocalCloud:
             "submitted_at": time.time(),
         }
         with self._lock:
+            existing = self._names.get(doc["job_name"])
+            if existing is not None:
+                return existing
+            self._names[doc["job_name"]] = job_id
             job_dir = self.jobs_dir / job_id
             job_dir.mkdir()
             self.metadata.add_instance(instance_id)
             J.write_json_atomic(job_dir / J.JOB, job)
             self._live.add(job_id)
+        self.wakeup.set()
         return job_id
 
     def describe(self, job_ids: list[str]) -> dict[str, Observation]:
@@ -130,13 +145,11 @@ class LocalCloud:
             if not (job_dir / J.CANCEL).exists():
                 J.write_json_atomic(job_dir / J.CANCEL, {"reason": reason, "at": time.time()})
             self._signal_job(job_dir, signal.SIGTERM)
+        self.wakeup.set()
 
     def find(self, job_name: str) -> str | None:
-        for job_dir in sorted(self.jobs_dir.iterdir()):
-            job = J.read_json(job_dir / J.JOB)
-            if job and job.get("job_name") == job_name:
-                return job["job_id"]
-        return None
+        with self._lock:
+            return self._names.get(job_name)
 
     def reclaim(self, job_id: str) -> None:
         """Reclaim a running spot job now (notice, then SIGTERM/SIGKILL)."""
@@ -147,6 +160,7 @@ class LocalCloud:
                 raise BackendError(f"local job {job_id} is not a launched spot attempt")
             job["reclaim_at"] = time.time()
             J.write_json_atomic(job_dir / J.JOB, job)
+        self.wakeup.set()
 
     def spot_available(self, step_key: str, market: dict) -> bool:
         with self._lock:

@@ -78,7 +78,12 @@ class Daemon:
         write_json_atomic(self.state_dir / INFO_FILE, info)
         log.info("local spot cloud on 127.0.0.1:%s for %s", info["port"], self.state_dir)
         try:
-            while not self.stopping.wait(self.tick_s):
+            while not self.stopping.is_set():
+                # tick fast while jobs live; idle, sleep until a request wakes the loop
+                self.cloud.wakeup.wait(self.tick_s if self.cloud.live_jobs else 1.0)
+                self.cloud.wakeup.clear()
+                if self.stopping.is_set():
+                    break
                 try:
                     self.cloud.tick(time.time())
                 except Exception:  # the market must never die silently
@@ -139,6 +144,7 @@ class Daemon:
         if route == ("POST", "stop"):
             stopped = cloud.stop_all(reason=str(body.get("reason") or "the local cloud stopped"))
             self.stopping.set()
+            cloud.wakeup.set()
             return 200, {"stopped_jobs": stopped}
         return 404, {"error": f"no such endpoint {method} {path}"}
 
@@ -215,8 +221,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"a local spot cloud already serves {state_dir}", file=sys.stderr)
         return 0
     daemon = Daemon(state_dir, tick_s=args.tick_s, idle_exit_s=args.idle_exit_s)
+
+    def stop(*_: object) -> None:
+        daemon.stopping.set()
+        daemon.cloud.wakeup.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: daemon.stopping.set())
+        signal.signal(sig, stop)
     return daemon.serve()
 
 

@@ -1,4 +1,4 @@
-"""A local metadata endpoint that speaks the AWS IMDSv2 and GCE metadata protocols (DESIGN §5).
+"""A local metadata endpoint that speaks the AWS IMDSv2 and GCE metadata protocols.
 
 One HTTP server (127.0.0.1, any free port) simulates many instances, each under its own path
 prefix (``endpoint_for("i-abc")`` -> ``http://127.0.0.1:PORT/i-abc``); the bare root is the

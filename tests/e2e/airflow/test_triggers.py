@@ -13,7 +13,7 @@ from airflow.sdk.serde import deserialize, serialize
 from spot_workflows.airflow.connections import EVENTS_FILE, build_backend
 from spot_workflows.airflow.hooks import SpotBackendHook
 from spot_workflows.airflow.triggers import SpotJobTrigger, SpotTerminationTrigger
-from spot_workflows.backends.local_events import append_event
+from spot_workflows.backends.local.events import append_event
 from spot_workflows.config import StepSpec
 from spot_workflows.core.outcomes import Capacity
 
@@ -67,12 +67,9 @@ def test_job_trigger_fires_when_the_job_is_done_or_gone(local_conn, tmp_path):
     event = first_event(
         SpotJobTrigger(spot_conn_id=conn["conn_id"], job_id=job_id, poll_interval=0.1)
     )
-    assert event == {
-        "status": "done",
-        "job_id": job_id,
-        "outcome": "APP_ERROR",
-        "reason": "exit code 3",
-    }
+    reason = event.pop("reason")
+    assert event == {"status": "done", "job_id": job_id, "outcome": "APP_ERROR"}
+    assert reason.startswith("exit code 3; log: ") and reason.endswith(f"{job_id}/output.log")
     gone = first_event(SpotJobTrigger(spot_conn_id=conn["conn_id"], job_id="local-nope"))
     assert gone == {"status": "gone", "job_id": "local-nope"}
 

@@ -51,6 +51,7 @@ def finetune(tmp_path_factory):
         reclaim_after_s=[],
         preemption_budget=2,
         workdir=str(workdir),
+        state_dir=str(workdir / "backend"),  # this test's own local cloud, watched above
         return_state=True,
     )
     assert state.is_completed(), state.message
