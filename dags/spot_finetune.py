@@ -2,7 +2,10 @@
 
 Out of the box it runs on the local backend's demo connection (``spot_local_demo``): the first two
 spot attempts are reclaimed 3 s after they start, each resumes from the last checkpoint, and the
-third attempt escalates to on-demand. Point it at a cloud by params only::
+third attempt escalates to on-demand. The toy trainer checkpoints every 10 steps (about every
+0.4 s) and its 400 steps take about 15 s, so every reclaimed attempt leaves a checkpoint to resume
+from and the step cannot finish inside the two 3 s spot windows (with far fewer ``steps`` the
+second spot attempt may finish before its reclaim). Point it at a cloud by params only::
 
     airflow dags test spot_finetune                      # local demo, no cloud
     airflow dags trigger spot_finetune --conf '{"spot_conn_id": "aws_spot"}'
@@ -41,8 +44,8 @@ with DAG(
             "-m",
             "spot_workflows.examples.toy_train",
             "--steps={{ params.steps }}",
-            "--every=50",
-            "--step-seconds=0.01",
+            "--every=10",
+            "--step-seconds=0.03",
         ],
         policy="{{ params.policy }}",
         step_resources="{{ params.resources }}",

@@ -5,7 +5,7 @@ Runs on the local backend out of the box (real subprocesses, a simulated spot ma
     python flows/spot_finetune.py
 
 The training step (``spot_workflows.examples.toy_train``) checkpoints every ``every`` steps. The
-market reclaims its first two spot attempts a few seconds after they start; each time the step
+market reclaims its first two spot attempts 2 s after their first checkpoint; each time the step
 gets a termination notice, saves an emergency checkpoint and exits, and the next attempt resumes
 from it. With ``preemption_budget=2`` spent, the third attempt runs on on-demand capacity. A
 second task reads the final checkpoint and checks the weights are bit-identical to an
@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 from prefect import flow, task
 
 from spot_workflows.examples import toy_train
 from spot_workflows.prefect import LocalBackendBlock, SpotPolicyBlock, SpotStepResult, spot_task
+from spot_workflows.prefect.blocks import spot_workflows_home
 from spot_workflows.runtime.store import CheckpointStore
 
 
@@ -51,13 +51,27 @@ def spot_finetune(
     reclaim_after_s: list[float] | None = None,
     preemption_budget: int = 2,
     workdir: str | None = None,
+    state_dir: str | None = None,
+    reclaim_after_checkpoint: bool = True,
 ) -> dict:
-    """Fine-tune on spot; reclaimed twice by default, then escalated to on-demand."""
-    root = Path(workdir or tempfile.mkdtemp(prefix="spot-finetune-")).resolve()
+    """Fine-tune on spot; reclaimed twice by default, then escalated to on-demand.
+
+    ``workdir`` holds the checkpoints (default ``$SPOT_WORKFLOWS_HOME/flows/spot-finetune``, else
+    ``~/.spot-workflows/...``: stable, so a retried flow run finds its step's ledger and
+    re-attaches). Each spot reclaim comes ``reclaim_after_s[n]`` seconds after the attempt's first
+    new checkpoint (``reclaim_after_checkpoint``), so each resume has progress to resume from
+    whatever the machine's load. ``state_dir`` is
+    the local spot cloud's state directory; by default the machine's shared one
+    (``$SPOT_WORKFLOWS_LOCAL_DIR``, else ``~/.spot-workflows/local``), whose daemon every flow run,
+    worker and process uses, rather than a daemon per flow run.
+    """
+    default_root = spot_workflows_home() / "flows" / "spot-finetune"
+    root = (Path(workdir).expanduser() if workdir else default_root).resolve()
     backend = LocalBackendBlock(
-        state_dir=str(root / "backend"),
+        state_dir=state_dir,
         checkpoint_root=f"file://{root / 'checkpoints'}",
-        reclaim_after_s=[3.0, 3.0] if reclaim_after_s is None else reclaim_after_s,
+        reclaim_after_s=[2.0, 2.0] if reclaim_after_s is None else reclaim_after_s,
+        reclaim_after_checkpoint=reclaim_after_checkpoint,
         notice_window_s=2.0,
     )
     policy = SpotPolicyBlock(preemption_budget=preemption_budget, capacity_timeout_s=120)

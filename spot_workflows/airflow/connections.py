@@ -74,7 +74,14 @@ class ConnectionInfo:
 BUILTIN_CONNECTIONS = {
     DEFAULT_CONN_ID: ConnectionInfo(DEFAULT_CONN_ID, LOCAL, {}),
     DEMO_CONN_ID: ConnectionInfo(
-        DEMO_CONN_ID, LOCAL, {"reclaims": [3.0, 3.0], "notice_window_s": 1.0, "grace_s": 5.0}
+        DEMO_CONN_ID,
+        LOCAL,
+        {
+            "reclaims": [2.0, 2.0],
+            "reclaim_after_checkpoint": True,
+            "notice_window_s": 1.0,
+            "grace_s": 5.0,
+        },
     ),
 }
 """Local connections that exist even when nobody defined them (a defined one wins)."""
@@ -96,6 +103,7 @@ class LocalSettings(BaseModel):
     unavailable: list[tuple[float, float]] = Field(default_factory=list)
     notice_window_s: Annotated[float, Field(ge=0)] = 2.0
     grace_s: Annotated[float, Field(ge=0)] = 5.0
+    reclaim_after_checkpoint: bool = False
 
 
 def local_settings(info: ConnectionInfo) -> LocalSettings:
@@ -141,7 +149,9 @@ def _local_backend(info: ConnectionInfo) -> LocalBackend:
             backend = LocalBackend(
                 state_dir=state_dir,
                 market=ScheduledMarket(
-                    reclaims=settings.reclaims, unavailable=settings.unavailable
+                    reclaims=settings.reclaims,
+                    unavailable=settings.unavailable,
+                    after_checkpoint=settings.reclaim_after_checkpoint,
                 ),
                 notice_window_s=settings.notice_window_s,
                 grace_s=settings.grace_s,

@@ -4,10 +4,13 @@
   job is done or gone, or at ``wake_at`` (when the planner must look again, e.g. a spot attempt
   that may have waited too long for capacity). The operator, not the trigger, decides what next.
 * :class:`SpotTerminationTrigger` fires on termination notices (interruption warnings, rebalance
-  recommendations, preempted jobs) for a step or a job queue. It is a ``BaseEventTrigger``, so it also
-  works in an ``AssetWatcher`` for event-driven scheduling (there it yields every notice).
+  recommendations, preempted jobs) for a step or a job queue. It is a ``BaseEventTrigger``, so it
+  also works in an ``AssetWatcher`` for event-driven scheduling (there it yields every notice).
 
 Blocking calls (describe, reading the events file or the ledger) run in ``asyncio.to_thread``.
+
+A trigger created by a deferring task holds its first event until ``not_before``
+(:func:`settle_deadline`): see there why a trigger must not fire within seconds of the deferral.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from airflow.sdk.configuration import conf
 from airflow.triggers.base import BaseEventTrigger, BaseTrigger, TriggerEvent
 
 from spot_workflows.airflow.connections import build_backend, build_notice_source
@@ -26,10 +30,59 @@ from spot_workflows.core.classify import CANCEL_REASON_PREFIX
 from spot_workflows.core.outcomes import AttemptState
 
 MAX_DESCRIBE_FAILURES = 5
+SETTLE_MARGIN_S = 5.0
+"""Seconds, on top of the workers' ``min_heartbeat_interval``, that a deferring task's trigger
+waits before it may fire (:func:`settle_deadline`)."""
+MAX_HOLD_S = 60.0
+
+
+def settle_deadline(now: float | None = None) -> float | None:
+    """The earliest time (epoch seconds) a trigger created now, by a task that is deferring, may
+    fire: ``now + [workers] min_heartbeat_interval + SETTLE_MARGIN_S`` (10 s by default). None
+    (fire at once) when the task runs in-process (``dag.test()``, ``airflow dags test``): there
+    the trigger runs inline and no executor reports on the task.
+
+    Why: a deferred task resumes under the same try number. The worker that ran the deferring
+    part reports that try "success" to the executor only when its supervisor notices the task
+    process is gone, which takes up to ``min_heartbeat_interval`` (the supervisor's wait between
+    checks), and the scheduler reads the report on a later loop: about 5-6 s after the deferral
+    on an idle machine, more on a loaded one. If the trigger has fired by then and the scheduler
+    has already queued the resumed task, it takes that stale report for the resumed run ("finished
+    with state success, but the task instance's state attribute is queued") and fails the task.
+    While the task is still deferred the report is harmless. So the trigger holds its first event
+    until the report has surely been read. Only a wait that ends sooner than this is delayed; a
+    job that runs longer is not slowed at all.
+    """
+    if _runs_in_process():
+        return None
+    interval = conf.getfloat("workers", "min_heartbeat_interval", fallback=5.0)
+    return (time.time() if now is None else now) + max(0.0, interval) + SETTLE_MARGIN_S
+
+
+def _runs_in_process() -> bool:
+    """Whether this task runs under Airflow's in-process test supervisor (``dag.test()``). If
+    Airflow's internals moved, False: holding a trigger is safe, only slower."""
+    try:
+        from airflow.sdk.execution_time import task_runner
+        from airflow.sdk.execution_time.supervisor import InProcessSupervisorComms
+    except ImportError:
+        return False
+    comms = getattr(task_runner, "SUPERVISOR_COMMS", None)
+    return isinstance(comms, InProcessSupervisorComms)
+
+
+async def hold_until(not_before: float | None) -> None:
+    """Sleep until ``not_before`` (epoch seconds); at once if it is None or past. Never longer
+    than ``MAX_HOLD_S``: a triggerer whose clock runs behind the worker's must not stall."""
+    if not_before is not None:
+        delay = min(not_before - time.time(), MAX_HOLD_S)
+        if delay > 0:
+            await asyncio.sleep(delay)
 
 
 class SpotJobTrigger(BaseTrigger):
-    """Fires when job ``job_id`` of connection ``spot_conn_id`` is done or gone, or at ``wake_at``.
+    """Fires when job ``job_id`` of connection ``spot_conn_id`` is done or gone, or at ``wake_at``;
+    never before ``not_before`` (:func:`settle_deadline`, set by the deferring operator).
 
     Event payloads: ``{"status": "done" | "gone" | "wake" | "error", "job_id": ..., ...}``.
     """
@@ -41,12 +94,14 @@ class SpotJobTrigger(BaseTrigger):
         job_id: str,
         poll_interval: float = 5.0,
         wake_at: float | None = None,
+        not_before: float | None = None,
     ) -> None:
         super().__init__()
         self.spot_conn_id = spot_conn_id
         self.job_id = job_id
         self.poll_interval = float(poll_interval)
         self.wake_at = None if wake_at is None else float(wake_at)
+        self.not_before = None if not_before is None else float(not_before)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -56,6 +111,7 @@ class SpotJobTrigger(BaseTrigger):
                 "job_id": self.job_id,
                 "poll_interval": self.poll_interval,
                 "wake_at": self.wake_at,
+                "not_before": self.not_before,
             },
         )
 
@@ -67,11 +123,16 @@ class SpotJobTrigger(BaseTrigger):
         return await asyncio.to_thread(build_backend, info)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        event = await self._wait()
+        await hold_until(self.not_before)
+        yield event
+
+    async def _wait(self) -> TriggerEvent:
+        """The one event this trigger fires (not yet held until ``not_before``)."""
         try:
             backend = await self._backend()
         except Exception as exc:  # the task must learn why, not time out
-            yield self._event("error", message=f"cannot build backend: {exc}")
-            return
+            return self._event("error", message=f"cannot build backend: {exc}")
         failures = 0
         while True:
             try:
@@ -79,24 +140,20 @@ class SpotJobTrigger(BaseTrigger):
             except Exception as exc:  # transient API errors: retry a few times, then report
                 failures += 1
                 if failures >= MAX_DESCRIBE_FAILURES:
-                    yield self._event("error", message=f"describe failed {failures} times: {exc}")
-                    return
+                    return self._event("error", message=f"describe failed {failures} times: {exc}")
                 self.log.warning("describe %s failed (%s); retrying", self.job_id, exc)
                 await asyncio.sleep(self.poll_interval)
                 continue
             failures = 0
             obs = seen.get(self.job_id)
             if obs is None:
-                yield self._event("gone")
-                return
+                return self._event("gone")
             if obs.state is AttemptState.DONE:
                 outcome = obs.outcome.value if obs.outcome else None
-                yield self._event("done", outcome=outcome, reason=obs.reason)
-                return
+                return self._event("done", outcome=outcome, reason=obs.reason)
             now = time.time()
             if self.wake_at is not None and now >= self.wake_at:
-                yield self._event("wake", state=obs.state.value)
-                return
+                return self._event("wake", state=obs.state.value)
             delay = self.poll_interval
             if self.wake_at is not None:
                 delay = max(0.0, min(delay, self.wake_at - now))
@@ -118,7 +175,8 @@ class SpotTerminationTrigger(BaseEventTrigger):
     With ``checkpoint_uri`` (the watched step's), it also reads the step's ledger: a preempted
     attempt counts as a notice, and a step that finished without one ends the wait with
     ``{"terminated": False}``. In an ``AssetWatcher`` leave ``checkpoint_uri`` out: the trigger
-    then runs forever and yields one event per notice.
+    then runs forever and yields one event per notice. A deferring sensor passes ``not_before``
+    (:func:`settle_deadline`): no event is yielded before it.
     """
 
     def __init__(
@@ -131,6 +189,7 @@ class SpotTerminationTrigger(BaseEventTrigger):
         since: float | None = None,
         checkpoint_uri: str | None = None,
         poll_interval: float = 5.0,
+        not_before: float | None = None,
     ) -> None:
         super().__init__()
         self.spot_conn_id = spot_conn_id
@@ -140,6 +199,7 @@ class SpotTerminationTrigger(BaseEventTrigger):
         self.since = None if since is None else float(since)
         self.checkpoint_uri = checkpoint_uri
         self.poll_interval = float(poll_interval)
+        self.not_before = None if not_before is None else float(not_before)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -152,6 +212,7 @@ class SpotTerminationTrigger(BaseEventTrigger):
                 "since": self.since,
                 "checkpoint_uri": self.checkpoint_uri,
                 "poll_interval": self.poll_interval,
+                "not_before": self.not_before,
             },
         )
 
@@ -168,7 +229,10 @@ class SpotTerminationTrigger(BaseEventTrigger):
             checkpoint_uri=self.checkpoint_uri,
         )
         while True:
-            for payload in await asyncio.to_thread(watch.check):
+            payloads = await asyncio.to_thread(watch.check)
+            if payloads:
+                await hold_until(self.not_before)
+            for payload in payloads:
                 yield TriggerEvent(payload)
                 if not payload["terminated"]:
                     return  # the watched step finished: nothing more will come

@@ -177,6 +177,13 @@ class LocalBackendBlock(SpotBackendBlock):
         default_factory=list,
         description="Scheduled market: (start, end) windows, in seconds, with no spot capacity.",
     )
+    reclaim_after_checkpoint: bool = Field(
+        default=False,
+        description=(
+            "Scheduled market: count reclaim_after_s from each attempt's first new checkpoint "
+            "instead of its start (every reclaimed attempt has made progress, whatever the load)."
+        ),
+    )
     poisson_rate_per_hour: float | None = Field(
         default=None, gt=0, description="Poisson market: reclaims per hour of spot run time."
     )
@@ -245,7 +252,9 @@ class LocalBackendBlock(SpotBackendBlock):
             )
         if self.reclaim_after_s or self.spot_unavailable:
             return local_market.ScheduledMarket(
-                reclaims=tuple(self.reclaim_after_s), unavailable=tuple(self.spot_unavailable)
+                reclaims=tuple(self.reclaim_after_s),
+                unavailable=tuple(self.spot_unavailable),
+                after_checkpoint=self.reclaim_after_checkpoint,
             )
         return local_market.NeverReclaimed()
 

@@ -1,6 +1,6 @@
 """Checkpointer: resume, save cadence and emergency save, used inside the worker process.
 
-The orchestrator sets the DESIGN §4 contract variables (``SPOT_CHECKPOINT_URI``, ``SPOT_STEP_KEY``,
+The orchestrator sets the worker contract variables (``SPOT_CHECKPOINT_URI``, ``SPOT_STEP_KEY``,
 ``SPOT_ATTEMPT``, ``SPOT_CAPACITY``, ``SPOT_NOTICE_SOURCE``); the ``spot-run`` wrapper also sets
 ``SPOT_NOTICE_FILE``, where it writes the :class:`TerminationNotice` JSON just before it sends the
 child SIGTERM. A training loop restores, saves on cadence, and on a stop request saves once more

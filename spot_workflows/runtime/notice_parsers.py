@@ -1,4 +1,4 @@
-"""Pure parsers of metadata answers (AWS IMDSv2, GCE) into termination notices (DESIGN §5).
+"""Pure parsers of metadata answers (AWS IMDSv2, GCE) into termination notices.
 
 No I/O and no clock: each turns one answer into a :class:`TerminationNotice`, ``None`` (no
 notice), or :class:`NoticeError`; nothing else escapes them, whatever the input.

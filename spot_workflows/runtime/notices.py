@@ -1,4 +1,4 @@
-"""Termination notices seen from inside the worker: AWS IMDSv2 and GCE metadata (DESIGN §5).
+"""Termination notices seen from inside the worker: AWS IMDSv2 and GCE metadata.
 
 The ``parse_*`` functions are pure (no I/O, no clock): they turn one metadata answer into a
 :class:`TerminationNotice`, ``None`` (no notice), or :class:`NoticeError` for anything else, and

@@ -32,6 +32,7 @@ from spot_workflows.backends.local.market import market_from_spec
 from spot_workflows.backends.local.metadata import LocalMetadataServer
 from spot_workflows.core.outcomes import Capacity, Observation
 from spot_workflows.errors import BackendError, ConfigError, NotFoundError
+from spot_workflows.runtime.store import LATEST, CheckpointStore
 
 RELAUNCH_AFTER_S = 10.0
 """Seconds a launched job may go without a supervisor claiming it before it is spawned again (the
@@ -206,6 +207,7 @@ class LocalCloud:
                 else:
                     self._maybe_relaunch(job_dir, job, now)
                     self._check_supervisor(job_dir, job, now)
+                    self._arm_after_checkpoint(job_dir, job, now)
                     self._maybe_reclaim(job_dir, job, now)
                     self._note_notice(job_dir, job)
                 if J.is_done(job_dir):
@@ -236,6 +238,11 @@ class LocalCloud:
                 return
             reclaim = market.reclaim_at(state["launched"], now - state["t0"])
             job["reclaim_at"] = None if reclaim is None else reclaim + state["t0"]
+            if reclaim is not None and getattr(market, "after_checkpoint", False):
+                # counted from the attempt's first new checkpoint (see _arm_after_checkpoint)
+                job["reclaim_after_checkpoint_s"] = reclaim - (now - state["t0"])
+                job["baseline_step"] = _checkpoint_step(job)
+                job["reclaim_at"] = None
             job["market_attempt"] = state["launched"]
             state["launched"] += 1
             self._save_markets()
@@ -254,6 +261,20 @@ class LocalCloud:
         J.write_json_atomic(job_dir / J.JOB, job)
         self._spawn(job_dir)
 
+    def _arm_after_checkpoint(self, job_dir: Path, job: dict, now: float) -> None:
+        """For ``after_checkpoint`` markets: once the attempt wrote its first checkpoint, set
+        its reclaim time (checked a few times a second)."""
+        delay = job.get("reclaim_after_checkpoint_s")
+        if delay is None or job.get("reclaim_at") is not None:
+            return
+        if now - job.get("checkpoint_checked_at", 0.0) < 0.25:
+            return
+        job["checkpoint_checked_at"] = now
+        step = _checkpoint_step(job)
+        if step is not None and step != job.get("baseline_step"):
+            job["reclaim_at"] = now + float(delay)
+            J.write_json_atomic(job_dir / J.JOB, job)
+
     def _check_supervisor(self, job_dir: Path, job: dict, now: float) -> None:
         """A supervisor that died without recording an exit (killed, or crashed before it
         started the command): record the job as lost, so it is never waited on forever."""
@@ -266,9 +287,9 @@ class LocalCloud:
             what = f"the job's supervisor (pid {status.get('supervisor_pid')}) died"
         else:
             try:
-                pid = int((job_dir / J.CLAIM).read_text() or 0)
+                pid = int((job_dir / J.CLAIM).read_text())
             except (OSError, ValueError):
-                return
+                return  # not claimed yet
             claimed = (job_dir / J.CLAIM).stat().st_mtime
             if J.alive(pid) and now - claimed < START_TIMEOUT_S:
                 return
@@ -368,6 +389,18 @@ class LocalCloud:
         if not _safe_id(job_id) or not (job_dir / J.JOB).exists():
             raise NotFoundError(f"local job {job_id} does not exist under {self.state_dir}")
         return job_dir
+
+
+def _checkpoint_step(job: dict) -> int | None:
+    """The step of the job's newest checkpoint (its ``latest.json``), or None."""
+    uri = (job.get("env") or {}).get("SPOT_CHECKPOINT_URI")
+    if not uri:
+        return None
+    try:
+        raw = CheckpointStore(uri, keep_last=1).read(LATEST)
+        return int(json.loads(raw)["step"]) if raw else None
+    except Exception:  # no checkpoint yet, or one being written: look again next time
+        return None
 
 
 def _safe_id(job_id: str) -> bool:

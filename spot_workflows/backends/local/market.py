@@ -35,11 +35,15 @@ class ScheduledMarket:
     """The n-th spot attempt is reclaimed ``reclaims[n]`` seconds after it starts; later ones never.
 
     ``unavailable``: windows ``(start, end)`` in seconds after ``t0`` with no spot capacity.
+    ``after_checkpoint``: count ``reclaims[n]`` from the attempt's first new checkpoint instead of
+    its start, so every reclaimed attempt has made progress whatever the machine's load (demos,
+    examples and tests that must show a resume).
     """
 
     reclaims: Sequence[float] = ()
     unavailable: Sequence[tuple[float, float]] = ()
     t0: float = 0.0
+    after_checkpoint: bool = False
 
     def __post_init__(self) -> None:
         if any(r <= 0 for r in self.reclaims):
@@ -144,6 +148,7 @@ def market_spec(market: SpotMarket | None) -> dict:
             "kind": "scheduled",
             "reclaims": [float(r) for r in market.reclaims],
             "unavailable": [[float(a), float(b)] for a, b in market.unavailable],
+            "after_checkpoint": bool(market.after_checkpoint),
         }
     if isinstance(market, PoissonMarket):
         return {"kind": "poisson", "rate_per_hour": market.rate_per_hour, "seed": market.seed}
@@ -170,6 +175,7 @@ def market_from_spec(spec: dict) -> SpotMarket:
             return ScheduledMarket(
                 reclaims=tuple(float(r) for r in spec.get("reclaims", ())),
                 unavailable=tuple((float(a), float(b)) for a, b in spec.get("unavailable", ())),
+                after_checkpoint=bool(spec.get("after_checkpoint", False)),
             )
         if kind == "poisson":
             return PoissonMarket(

@@ -38,12 +38,17 @@ def _start_error_code(exc: BaseException) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     job_dir = Path((argv or sys.argv[1:])[0])
-    try:  # exactly one supervisor per job, even if the market had to spawn a second one
-        fd = os.open(job_dir / CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    # Exactly one supervisor per job, even if the market had to spawn a second one: the claim
+    # appears atomically with this pid in it (a hard link of a finished temp file), so the local
+    # cloud never reads a claim without its pid.
+    tmp = job_dir / f".{CLAIM}.{os.getpid()}"
+    tmp.write_text(str(os.getpid()))
+    try:
+        os.link(tmp, job_dir / CLAIM)
     except FileExistsError:
         return 0
-    os.write(fd, str(os.getpid()).encode())
-    os.close(fd)
+    finally:
+        tmp.unlink(missing_ok=True)
     job = read_json(job_dir / JOB) or {}
     # A handler (not SIG_IGN, which children would inherit) keeps the supervisor alive.
     signal.signal(signal.SIGTERM, lambda *_: None)

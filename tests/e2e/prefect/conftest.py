@@ -1,4 +1,4 @@
-"""Prefect e2e tests: one ``prefect_test_harness()`` per pytest session (DESIGN §7).
+"""Prefect e2e tests: one ``prefect_test_harness()`` per pytest session.
 
 The Prefect settings are read when prefect is first imported, so the environment is set here,
 before anything below imports it: a throwaway PREFECT_HOME (with the memo store inside it) and no

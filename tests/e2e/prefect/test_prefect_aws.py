@@ -1,4 +1,4 @@
-"""The same spot flow on AWS Batch: a real moto server over HTTP (DESIGN §7), real boto3 + s3fs."""
+"""The same spot flow on AWS Batch: a real moto server over HTTP, real boto3 + s3fs."""
 
 from __future__ import annotations
 

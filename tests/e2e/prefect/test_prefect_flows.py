@@ -13,6 +13,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.events.schemas.automations import AutomationCore
 from reclaimer import reclaim_after_shards, reclaim_after_steps
 
+from spot_workflows.backends.local import LocalBackend
 from spot_workflows.core.outcomes import Capacity, Outcome
 from spot_workflows.ledger import Ledger
 from spot_workflows.prefect import (
@@ -78,10 +79,12 @@ def test_reclaims_resume_from_checkpoint_and_escalate(finetune):
     assert 80 <= resumed[1] < 200 <= resumed[2] < 400, resumed  # every 40 + saved at the notice
     assert finetune["summary"]["escalated"] is True
     assert finetune["summary"]["matches_uninterrupted_run"] is True
-    # one job per attempt, all in the step's own state directory
+    # one job per attempt in the local spot cloud, each of them in the ledger
     key = finetune["summary"]["step_key"]
-    jobs = list((finetune["workdir"] / "backend" / key / "jobs").iterdir())
-    assert sorted(j.name for j in jobs) == sorted(a.job_id for a in attempts)
+    jobs = [j for j in LocalBackend(state_dir=finetune["workdir"] / "backend").jobs()]
+    assert all(j["step_key"] == key for j in jobs)
+    assert sorted(j["job_id"] for j in jobs) == sorted(a.job_id for a in attempts)
+    assert sorted(j["attempt"] for j in jobs) == [1, 2, 3]
 
 
 def test_events_name_the_step_and_its_jobs(finetune, wait_for_events):
