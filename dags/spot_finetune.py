@@ -1,11 +1,10 @@
 """Checkpointed fine-tune on spot, escalating to on-demand (spot-workflows example DAG).
 
 Out of the box it runs on the local backend's demo connection (``spot_local_demo``): the first two
-spot attempts are reclaimed 3 s after they start, each resumes from the last checkpoint, and the
+spot attempts of the step are reclaimed 2 s after their first checkpoint (a 1 s notice on the
+metadata endpoint, then SIGTERM), each resumes from the emergency checkpoint it saved, and the
 third attempt escalates to on-demand. The toy trainer checkpoints every 10 steps (about every
-0.4 s) and its 400 steps take about 15 s, so every reclaimed attempt leaves a checkpoint to resume
-from and the step cannot finish inside the two 3 s spot windows (with far fewer ``steps`` the
-second spot attempt may finish before its reclaim). Point it at a cloud by params only::
+0.3 s) and its 400 steps take about 12 s. Point it at a cloud by params only::
 
     airflow dags test spot_finetune                      # local demo, no cloud
     airflow dags trigger spot_finetune --conf '{"spot_conn_id": "aws_spot"}'

@@ -1,4 +1,4 @@
-"""A local stand-in for the GCP Batch API (DESIGN §7): no emulator exists, so one is served here.
+"""A local stand-in for the GCP Batch API: no emulator exists, so one is served here.
 
 ``batch_server(clock)`` starts an in-process gRPC server implementing
 ``google.cloud.batch.v1.BatchService`` (CreateJob, GetJob, ListJobs, DeleteJob) with the real

@@ -1,4 +1,4 @@
-"""One way to stand up AWS for tests: a real moto server over HTTP (DESIGN §7), no Docker, no cloud.
+"""One way to stand up AWS for tests: a real moto server over HTTP, no Docker, no cloud.
 
 ``moto_server()`` starts a ``ThreadedMotoServer`` on 127.0.0.1 (port 0) with fake credentials in
 the environment (restored afterwards) and Batch in moto's simple mode (``use_docker: false``:

@@ -58,6 +58,7 @@ from fsspec.asyn import sync
 from fsspec.implementations.memory import MemoryFileSystem
 
 from spot_workflows.errors import CheckpointError, ConfigError, WriteConflictError
+from spot_workflows.runtime import faults
 from spot_workflows.runtime.manifest import check_name
 from spot_workflows.runtime.store import CheckpointStore
 from spot_workflows.runtime.store_io import fsync_dir
@@ -112,6 +113,7 @@ def _file_write(store: CheckpointStore, path: str, data: bytes, expected: str | 
         tmp = store._tmp(path)
         try:
             with open(tmp, "wb") as f:
+                faults.writing(f, data)  # test-only fault injection (off unless configured)
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())

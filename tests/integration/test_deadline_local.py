@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from spot_workflows.backends.local import LocalBackend
-from spot_workflows.backends.local_market import TraceMarket
+from spot_workflows.backends.local.market import TraceMarket
 from spot_workflows.config import SpotPolicy, StepSpec
 from spot_workflows.core.deadline import spent_usd
 from spot_workflows.core.outcomes import Capacity, Outcome

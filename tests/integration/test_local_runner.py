@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from spot_workflows.backends.local import LocalBackend
-from spot_workflows.backends.local_market import ScheduledMarket, TraceMarket
+from spot_workflows.backends.local.market import ScheduledMarket, TraceMarket
 from spot_workflows.config import SpotPolicy, StepSpec
 from spot_workflows.core.outcomes import Action, Capacity, Outcome
 from spot_workflows.demo import DemoConfig, last_step_in_log, run_demo

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from spot_workflows.backends.local_metadata import LocalMetadataServer
+from spot_workflows.backends.local.metadata import LocalMetadataServer
 from spot_workflows.core.outcomes import RESERVED_EXIT_CODE, NoticeKind, TerminationNotice
 from spot_workflows.runtime.entrypoint import main
 

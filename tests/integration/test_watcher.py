@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from spot_workflows.backends.local_metadata import LocalMetadataServer
+from spot_workflows.backends.local.metadata import LocalMetadataServer
 from spot_workflows.core.outcomes import NoticeKind
 from spot_workflows.errors import ConfigError
 from spot_workflows.runtime.notices import TerminationWatcher

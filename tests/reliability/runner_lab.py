@@ -32,7 +32,7 @@ from pathlib import Path
 from lanes import run_forked_lanes
 
 from spot_workflows.backends.local import LocalBackend
-from spot_workflows.backends.local_market import NeverReclaimed, ScheduledMarket
+from spot_workflows.backends.local.market import NeverReclaimed, ScheduledMarket
 from spot_workflows.config import SpotPolicy, StepSpec
 from spot_workflows.errors import StepFailedError
 from spot_workflows.ledger import Ledger

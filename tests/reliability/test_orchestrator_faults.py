@@ -124,39 +124,41 @@ def test_aws_runner_killed_at_random_reattaches_without_duplicate_jobs(moto_infr
     assert sum(r["killed_lives"] for r in records) >= len(records) // 2
 
 
-def test_a_runner_killed_between_marking_a_job_launched_and_spawning_it_strands_nothing(
-    tmp_path, monkeypatch
+def test_a_local_cloud_killed_between_marking_a_job_launched_and_spawning_it_strands_nothing(
+    tmp_path,
 ):
     # Found by the campaign: the local market marks a job launched, then spawns its supervisor;
-    # a runner killed in between left a job that never ran and stayed PENDING for good.
+    # killed in between, it left a job that never ran and stayed PENDING for good. The local
+    # cloud is a daemon now: kill it -9 at that point, and the next one must run the job once.
+    import os
+    import signal
     import time
 
-    from spot_workflows.backends import local
     from spot_workflows.backends.local import LocalBackend
+    from spot_workflows.backends.local.cloud import RELAUNCH_AFTER_S
+    from spot_workflows.backends.local.jobs import alive, read_json, write_json_atomic
+    from spot_workflows.backends.local.market import ScheduledMarket
     from spot_workflows.config import StepSpec
     from spot_workflows.runner import StepRunner
 
-    monkeypatch.setattr(local, "RELAUNCH_AFTER_S", 0.3)
     marker = tmp_path / "ran"
     spec = StepSpec(
         key="orphan",
         command=["sh", "-c", f"echo x >> {marker}"],
         checkpoint_uri=f"file://{tmp_path / 'ckpt'}",
     )
-
-    class DiesBeforeSpawning(LocalBackend):
-        def _spawn(self, job_dir: Path) -> None:
-            pass  # the runner process died right here
-
-    with DiesBeforeSpawning(state_dir=tmp_path / "b") as backend:
-        StepRunner(spec=spec, backend=backend, poll_interval=0.05).tick()
-        jobs = tmp_path / "b" / "jobs"
-        deadline = time.time() + 10
-        while time.time() < deadline and not any(
-            "launched_at" in json.loads((d / "job.json").read_text()) for d in jobs.iterdir()
-        ):
-            time.sleep(0.02)
-    with LocalBackend(state_dir=tmp_path / "b") as backend:
-        result = StepRunner(spec=spec, backend=backend, poll_interval=0.05).run()
+    state = tmp_path / "b"
+    waiting = LocalBackend(state_dir=state, market=ScheduledMarket(unavailable=[(0, 3600)]))
+    StepRunner(spec=spec, backend=waiting, poll_interval=0.05).tick()  # recorded, submitted
+    (job_dir,) = (state / "jobs").iterdir()
+    daemon = read_json(state / "daemon.json")["pid"]
+    os.kill(daemon, signal.SIGKILL)
+    deadline = time.time() + 10
+    while alive(daemon) and time.time() < deadline:
+        time.sleep(0.02)
+    job = read_json(job_dir / "job.json")
+    job["launched_at"] = time.time() - RELAUNCH_AFTER_S - 1  # marked launched, never spawned
+    write_json_atomic(job_dir / "job.json", job)
+    result = StepRunner(spec=spec, backend=LocalBackend(state_dir=state), poll_interval=0.05).run()
     assert [a.outcome.value for a in result.attempts] == ["SUCCEEDED"]
-    assert len(list(jobs.iterdir())) == 1 and marker.read_text() == "x\n"
+    assert len(list((state / "jobs").iterdir())) == 1 and marker.read_text() == "x\n"

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from spot_workflows.backends import local_metadata
-from spot_workflows.backends.local_metadata import LocalMetadataServer
+from spot_workflows.backends.local import metadata as local_metadata
+from spot_workflows.backends.local.metadata import LocalMetadataServer
 from spot_workflows.core.outcomes import Decision
 from spot_workflows.demo import DemoConfig, run_demo
 from spot_workflows.ledger import Ledger

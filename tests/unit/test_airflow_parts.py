@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from spot_workflows.airflow.connections import ConnectionInfo, checkpoint_root, console_url
 from spot_workflows.airflow.steps import build_spec, default_step_key, parse_command, parse_policy
 from spot_workflows.airflow.watch import TerminationWatch, normalize_kinds
-from spot_workflows.backends.local_events import LocalEventSource, append_event
+from spot_workflows.backends.local.events import LocalEventSource, append_event
 from spot_workflows.config import validate_step_key
 from spot_workflows.core.outcomes import AttemptState, Capacity, Outcome
 from spot_workflows.errors import ConfigError

@@ -95,7 +95,7 @@ def test_label_values_follow_gcp_rules(key):
 
 
 def test_spot_and_standard_provisioning_models():
-    assert PM.STANDARD == 1 and PM.SPOT == 2 and PM.PREEMPTIBLE == 3  # DESIGN §5
+    assert PM.STANDARD == 1 and PM.SPOT == 2 and PM.PREEMPTIBLE == 3
     spot = build().allocation_policy.instances[0].policy.provisioning_model
     std = build(capacity=Capacity.ON_DEMAND).allocation_policy.instances[0].policy
     assert (spot, std.provisioning_model) == (PM.SPOT, PM.STANDARD)
@@ -260,7 +260,7 @@ def test_call_retries_only_transient_errors():
 
 
 def test_google_is_imported_only_by_the_gcp_backend_modules():
-    """DESIGN §3: the cloud SDK stays in its backend (engine adapters are checked elsewhere)."""
+    """The cloud SDK stays in its backend (engine adapters are checked elsewhere)."""
     root = Path(__file__).resolve().parents[2] / "spot_workflows"
     importers = set()
     for path in root.rglob("*.py"):

@@ -1,4 +1,4 @@
-"""The dependency rules of DESIGN §3, checked on the source (no imports executed)."""
+"""The package's dependency rules (pure core, thin adapters), checked on the source (no imports executed)."""
 
 import ast
 import sys

@@ -166,7 +166,7 @@ class LocalCloud:
     def spot_available(self, step_key: str, market: dict) -> bool:
         with self._lock:
             state = self._market_state(step_key, market)
-            return market_from_spec(state["spec"]).available(time.time() - state["t0"])
+            return market_from_spec(state["spec"]).available(max(0.0, time.time() - state["t0"]))
 
     def jobs(self) -> list[dict]:
         return [J.summary(d) for d in sorted(self.jobs_dir.iterdir()) if (d / J.JOB).exists()]
@@ -234,13 +234,13 @@ class LocalCloud:
         if spot:
             state = self._market_state(job["step_key"], job.get("market") or {"kind": "never"})
             market = market_from_spec(state["spec"])
-            if not market.available(now - state["t0"]):
+            if not market.available(max(0.0, now - state["t0"])):
                 return
-            reclaim = market.reclaim_at(state["launched"], now - state["t0"])
+            reclaim = market.reclaim_at(state["launched"], max(0.0, now - state["t0"]))
             job["reclaim_at"] = None if reclaim is None else reclaim + state["t0"]
             if reclaim is not None and getattr(market, "after_checkpoint", False):
                 # counted from the attempt's first new checkpoint (see _arm_after_checkpoint)
-                job["reclaim_after_checkpoint_s"] = reclaim - (now - state["t0"])
+                job["reclaim_after_checkpoint_s"] = reclaim - (max(0.0, now - state["t0"]))
                 job["baseline_step"] = _checkpoint_step(job)
                 job["reclaim_at"] = None
             job["market_attempt"] = state["launched"]

@@ -1,4 +1,4 @@
-"""Airflow e2e tests: real Airflow 3.3, sqlite, ``dag.test()``, no scheduler (DESIGN §7).
+"""Airflow e2e tests: real Airflow 3.3, sqlite, ``dag.test()``, no scheduler.
 
 Airflow reads its configuration when it is first imported, so the environment is set here,
 before anything below imports it: a throwaway AIRFLOW_HOME (config, sqlite db, logs, dags folder)

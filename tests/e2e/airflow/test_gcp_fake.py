@@ -1,4 +1,4 @@
-"""The same example DAG on GCP Batch, switched by connection only (DESIGN §7: no GCP emulator
+"""The same example DAG on GCP Batch, switched by connection only (no GCP emulator
 exists, so ``tests/gcp_fake.py`` serves ``google.cloud.batch.v1.BatchService`` over in-process gRPC).
 
 The ``google_cloud_platform`` connection points the real ``BatchServiceClient`` at the fake with

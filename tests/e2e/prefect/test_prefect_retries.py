@@ -22,8 +22,10 @@ def backend_for(tmp_path: Path) -> LocalBackendBlock:
 
 
 def jobs_of(tmp_path: Path, key: str) -> list[dict]:
-    jobs = tmp_path / "b" / key / "jobs"
-    return [json.loads((d / "job.json").read_text()) for d in jobs.iterdir()]
+    """The step's jobs in the test's local spot cloud (state dir ``tmp_path / "b"``)."""
+    jobs = tmp_path / "b" / "jobs"
+    docs = [json.loads((d / "job.json").read_text()) for d in jobs.iterdir()]
+    return [doc for doc in docs if doc.get("step_key") == key]
 
 
 def task_runs_of(client, flow_run_id) -> list:

@@ -1,4 +1,4 @@
-"""A real moto server (DESIGN §7, ``tests/moto_lab.py``): boto3 talks HTTP to it; no Docker.
+"""A real moto server (``tests/moto_lab.py``): boto3 talks HTTP to it; no Docker.
 
 One server per session; Batch runs in moto's simple mode (jobs finish at submit, and fail
 instead when ``MOTO_SIMPLE_BATCH_FAIL_AFTER`` is set). Every test starts from a reset server.

@@ -1,4 +1,4 @@
-"""Local stand-ins for GCP (DESIGN §7): no cloud, real clients.
+"""Local stand-ins for GCP: no cloud, real clients.
 
 * ``batch``: an in-process gRPC server implementing ``google.cloud.batch.v1.BatchService``
   (CreateJob, GetJob, ListJobs, DeleteJob) with the real proto-plus classes' (de)serializers, and

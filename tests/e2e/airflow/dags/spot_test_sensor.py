@@ -22,7 +22,7 @@ with DAG(
     def inject(params=None) -> None:
         from spot_workflows.airflow.connections import EVENTS_FILE, local_state_dir
         from spot_workflows.airflow.hooks import SpotBackendHook
-        from spot_workflows.backends.local_events import append_event
+        from spot_workflows.backends.local.events import append_event
 
         path = local_state_dir(SpotBackendHook(spot_conn_id=params["spot_conn_id"]).get_info())
         now, key = time.time(), params["step_key"]
