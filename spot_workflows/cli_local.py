@@ -86,14 +86,23 @@ def status(state_dir: Path | None, as_json: bool) -> None:
 @state_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print the jobs as a JSON list.")
 def jobs(state_dir: Path | None, as_json: bool) -> None:
-    """Every job: step key, attempt, capacity, state, outcome, exit code, notice served."""
-    rows = _client(state_dir).call("GET", "/v1/jobs")
+    """Every job: step key, attempt, capacity, state, outcome, exit code, notice served (read
+    from the state directory when no daemon runs)."""
+    directory = _dir(state_dir)
+    try:
+        rows = LocalCloudClient(directory, start=False).connect().call("GET", "/v1/jobs")
+    except SpotWorkflowsError:
+        from spot_workflows.backends.local import jobs as local_jobs
+
+        console.print(f"no local spot cloud runs for {directory}: jobs as recorded on disk")
+        found = sorted((directory / "jobs").iterdir()) if (directory / "jobs").is_dir() else []
+        rows = [local_jobs.summary(d) for d in found if (d / local_jobs.JOB).exists()]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     table = Table(title=f"local jobs ({len(rows)})")
     for col in ("job", "step key", "attempt", "capacity", "state", "outcome", "exit", "notice"):
-        table.add_column(col, overflow="fold")
+        table.add_column(col, no_wrap=col in ("job", "capacity", "state", "outcome"))
     for r in rows:
         table.add_row(
             r["job_id"],

@@ -167,7 +167,14 @@ def test_stop_ends_every_job_and_records_it(tmp_path):
     job = backend.submit(
         spec(tmp_path, "s", SLEEPER), job_name="s-1", attempt=1, capacity=Capacity.SPOT
     )
+    done = backend.submit(
+        spec(tmp_path, "quick", [sys.executable, "-c", "pass"]),
+        job_name="quick-1",
+        attempt=1,
+        capacity=Capacity.ON_DEMAND,
+    )
     wait_for(lambda: backend.describe([job])[job].state is AttemptState.RUNNING)
+    wait_for(lambda: backend.describe([done])[done].state is AttemptState.DONE)
     supervisor = read_json(state / "jobs" / job / "status.json")["supervisor_pid"]
     daemon = daemon_pid(state)
     out = subprocess.run(
@@ -180,6 +187,10 @@ def test_stop_ends_every_job_and_records_it(tmp_path):
     assert not alive(daemon) and not alive(supervisor)
     row = read_json(state / "jobs" / job / "status.json")
     assert row["exit_code"] is not None  # the exit was recorded before the daemon left
+    from spot_workflows.backends.local.jobs import observe
+
+    assert observe(state / "jobs" / job).outcome is Outcome.CANCELLED
+    assert observe(state / "jobs" / done).outcome is Outcome.SUCCEEDED  # a finished job stays so
     status = subprocess.run(
         [sys.executable, "-m", "spot_workflows.cli", "local", "status", f"--state-dir={state}"],
         capture_output=True,

@@ -32,7 +32,6 @@ from spot_workflows.backends.local.market import market_from_spec
 from spot_workflows.backends.local.metadata import LocalMetadataServer
 from spot_workflows.core.outcomes import Capacity, Observation
 from spot_workflows.errors import BackendError, ConfigError, NotFoundError
-from spot_workflows.runtime.store import LATEST, CheckpointStore
 
 RELAUNCH_AFTER_S = 10.0
 """Seconds a launched job may go without a supervisor claiming it before it is spawned again (the
@@ -143,6 +142,8 @@ class LocalCloud:
     def cancel(self, job_id: str, *, reason: str) -> None:
         job_dir = self._job_dir(job_id)
         with self._lock:
+            if J.is_done(job_dir):
+                return  # already over: a late cancel changes nothing
             if not (job_dir / J.CANCEL).exists():
                 J.write_json_atomic(job_dir / J.CANCEL, {"reason": reason, "at": time.time()})
             self._signal_job(job_dir, signal.SIGTERM)
@@ -241,7 +242,7 @@ class LocalCloud:
             if reclaim is not None and getattr(market, "after_checkpoint", False):
                 # counted from the attempt's first new checkpoint (see _arm_after_checkpoint)
                 job["reclaim_after_checkpoint_s"] = reclaim - (max(0.0, now - state["t0"]))
-                job["baseline_step"] = _checkpoint_step(job)
+                job["baseline_step"] = J.checkpoint_step(job)
                 job["reclaim_at"] = None
             job["market_attempt"] = state["launched"]
             state["launched"] += 1
@@ -270,7 +271,7 @@ class LocalCloud:
         if now - job.get("checkpoint_checked_at", 0.0) < 0.25:
             return
         job["checkpoint_checked_at"] = now
-        step = _checkpoint_step(job)
+        step = J.checkpoint_step(job)
         if step is not None and step != job.get("baseline_step"):
             job["reclaim_at"] = now + float(delay)
             J.write_json_atomic(job_dir / J.JOB, job)
@@ -389,18 +390,6 @@ class LocalCloud:
         if not _safe_id(job_id) or not (job_dir / J.JOB).exists():
             raise NotFoundError(f"local job {job_id} does not exist under {self.state_dir}")
         return job_dir
-
-
-def _checkpoint_step(job: dict) -> int | None:
-    """The step of the job's newest checkpoint (its ``latest.json``), or None."""
-    uri = (job.get("env") or {}).get("SPOT_CHECKPOINT_URI")
-    if not uri:
-        return None
-    try:
-        raw = CheckpointStore(uri, keep_last=1).read(LATEST)
-        return int(json.loads(raw)["step"]) if raw else None
-    except Exception:  # no checkpoint yet, or one being written: look again next time
-        return None
 
 
 def _safe_id(job_id: str) -> bool:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from spot_workflows.core.classify import classify_local
 from spot_workflows.core.outcomes import AttemptState, Observation
+from spot_workflows.runtime.store import LATEST, CheckpointStore
 
 JOB, STATUS, RECLAIM, CANCEL = "job.json", "status.json", "reclaim.json", "cancel.json"
 CLAIM, NOTICE, LOG = "supervisor.claim", "notice.json", "output.log"
@@ -81,6 +82,18 @@ def session_pids(sid: int) -> list[int]:
         if len(fields) > 3 and int(fields[3]) == sid:
             pids.append(int(entry))
     return pids
+
+
+def checkpoint_step(job: dict) -> int | None:
+    """The step of the job's newest checkpoint (its ``latest.json``), or None."""
+    uri = (job.get("env") or {}).get("SPOT_CHECKPOINT_URI")
+    if not uri:
+        return None
+    try:
+        raw = CheckpointStore(uri, keep_last=1).read(LATEST)
+        return int(json.loads(raw)["step"]) if raw else None
+    except Exception:  # no checkpoint yet, or one being written: look again next time
+        return None
 
 
 def is_done(job_dir: Path) -> bool:
