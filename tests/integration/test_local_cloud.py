@@ -370,3 +370,11 @@ def test_stopped_by_the_user_is_resumable_not_a_failure(tmp_path):
         Outcome.STOPPED,
         Outcome.SUCCEEDED,
     ]
+
+
+def test_on_demand_capacity_has_a_finite_default_timeout_on_the_local_backend(tmp_path):
+    backend = LocalBackend(state_dir=tmp_path / "cloud")
+    step = spec(tmp_path, "od", [sys.executable, "-c", "pass"])
+    assert StepRunner(spec=step, backend=backend).policy.on_demand_capacity_timeout_s == 300.0
+    mine = SpotPolicy(on_demand_capacity_timeout_s=42)
+    assert StepRunner(spec=step, backend=backend, policy=mine).policy == mine  # yours wins

@@ -197,6 +197,8 @@ def test_etl_example_resumes_at_the_next_shard_and_outputs_every_row_once(tmp_pa
         reclaim_after_s=[],  # reclaimed by progress instead (above), whatever the machine's load
         delay_s=0.1,
         workdir=str(tmp_path),
+        output=str(tmp_path / "clean"),
+        state_dir=str(tmp_path / "backend"),  # this test's own local cloud, watched above
     )
     assert "job_id" in reclaimed, reclaimed
     outcomes = [(a["capacity"], a["outcome"]) for a in summary["attempts"]]
@@ -208,3 +210,11 @@ def test_etl_example_resumes_at_the_next_shard_and_outputs_every_row_once(tmp_pa
     log = next((tmp_path / "backend").glob(f"**/jobs/{job}/output.log")).read_text()
     checked = json.loads([line for line in log.splitlines() if '"verified"' in line][-1])
     assert checked["verified"] is True and checked["distinct_rows"] == 120_000
+    # the scratch data is gone once checked; the output, ledger and checkpoints stay
+    assert summary["output"] == str(tmp_path / "clean") and summary["scratch_deleted"] is True
+    assert len(list((tmp_path / "clean").glob("part-*.parquet"))) == 24
+    step_dir = tmp_path / "checkpoints" / summary["step_key"]
+    assert (step_dir / "ledger.json").is_file() and (step_dir / "latest.json").is_file()
+    assert not (step_dir / "shards" / "out").exists()
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert [p.name for p in run_dir.iterdir()] == ["checked.json"], list(run_dir.iterdir())

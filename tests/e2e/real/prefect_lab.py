@@ -349,6 +349,41 @@ class PrefectLab:
                 found.ledgers[path.parent.name] = json.loads(path.read_text())
         return found
 
+    def wait_state(self, flow_run_id: str, types: set[str], *, timeout_s: float) -> dict:
+        """Wait (bounded) until the flow run's state type is one of ``types``; the run."""
+        deadline = time.monotonic() + timeout_s
+        run: dict = {}
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                run = self.flow_run(flow_run_id)
+            if ((run.get("state") or {}).get("type")) in types:
+                return run
+            for proc in self.procs:
+                self._alive_or_raise(proc, f"waiting for flow run {flow_run_id} to be {types}")
+            if time.monotonic() > deadline:
+                state = (run.get("state") or {}).get("type")
+                raise LabError(
+                    f"flow run {flow_run_id} not in {sorted(types)} after {timeout_s:.0f}s "
+                    f"(it is {state})\n{self.diagnostics()}"
+                )
+            time.sleep(0.25)
+
+    def flow_run_process(self, flow_run_id: str) -> int | None:
+        """The pid of the process running the flow run (the worker's ``python -m
+        prefect.engine`` child, found by its ``PREFECT__FLOW_RUN_ID``), or None."""
+        wanted = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
+        for pid, cmd in marked_processes(self.root).items():
+            if "prefect.engine" not in cmd:
+                continue
+            with contextlib.suppress(OSError):
+                if wanted in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                    return pid
+        return None
+
+    def retry_flow_run(self, flow_run_id: str) -> subprocess.CompletedProcess:
+        """``prefect flow-run retry ID``: a finished (or crashed) run is scheduled again."""
+        return self.cli([str(PREFECT), "flow-run", "retry", flow_run_id], timeout_s=120)
+
     # -- the local spot cloud's CLI ------------------------------------------------------------
     def has_local_cli(self) -> bool:
         """Whether ``spot-workflows local`` exists (the local spot cloud daemon's CLI)."""
