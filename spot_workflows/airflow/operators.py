@@ -14,6 +14,16 @@ the backend (re-attach through the ledger), ask the planner, carry the decision 
 
 Because the ledger is written ahead of every submission and lives with the checkpoints, an
 Airflow retry after a crashed worker re-attaches to the live job instead of submitting another.
+
+One live job per step, whatever Airflow does to the task:
+
+* the try that waits on the live attempt (deferred or not) records itself in the ledger as the
+  attempt's ``watcher`` (:func:`~spot_workflows.airflow.steps.watcher_id`; a clear or a retry
+  raises the try number, a resume after a deferral keeps it);
+* when a task is cleared, marked or killed, its ``on_kill`` (or its trigger's) records the
+  attempt as stopped, write-ahead, then cancels the job: the next try resumes from the
+  checkpoint instead of failing on a cancel "from outside";
+* a try that is no longer the watcher (a newer try re-attached) leaves the job alone.
 """
 
 from __future__ import annotations
@@ -35,13 +45,18 @@ from spot_workflows.airflow.steps import (
     parse_policy,
     replans_while_live,
     step_summary,
+    stop_as_watcher,
+    watch_attempt,
+    watcher_id,
 )
 from spot_workflows.airflow.triggers import SpotJobTrigger, settle_deadline
 from spot_workflows.config import SpotPolicy, StepSpec
 from spot_workflows.core.classify import CANCEL_REASON_PREFIX
-from spot_workflows.core.outcomes import Action, AttemptState, Capacity, Decision
-from spot_workflows.errors import ConfigError, LedgerError
+from spot_workflows.core.outcomes import Action, Attempt, AttemptState, Capacity, Decision
+from spot_workflows.errors import ConfigError, LedgerError, NotFoundError
+from spot_workflows.ledger import Ledger
 from spot_workflows.runner import RunnerEvent, StepRunner, market_probe
+from spot_workflows.runtime.store import CheckpointStore
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -57,6 +72,34 @@ def step_key_for(context: Context, task_id: str) -> str:
         task_id=task_id,
         run_id=context["run_id"],
         map_index=getattr(ti, "map_index", -1) if task_id == ti.task_id else -1,
+    )
+
+
+def step_attempts(
+    context: Context,
+    task_id: str,
+    *,
+    spot_conn_id: str = DEFAULT_CONN_ID,
+    step_key: str | None = None,
+    checkpoint_uri: str | None = None,
+) -> tuple[str, str, list[Attempt]]:
+    """The step key, checkpoint URI and ledger attempts of :class:`SpotStepOperator` task
+    ``task_id`` of the context's DAG run (its defaults unless ``step_key`` / ``checkpoint_uri``
+    are given): what a downstream task routes on, whatever the task's own state says."""
+    key = step_key or step_key_for(context, task_id)
+    uri = checkpoint_uri or f"{SpotBackendHook(spot_conn_id=spot_conn_id).checkpoint_root()}/{key}"
+    return key, uri, list(Ledger.open(CheckpointStore(uri), key).attempts)
+
+
+def watcher_for(context: Context) -> str:
+    """This try of the context's task, as the ledger's ``watcher`` of the attempt it waits on."""
+    ti = context["ti"]
+    return watcher_id(
+        dag_id=ti.dag_id,
+        task_id=ti.task_id,
+        run_id=context["run_id"],
+        map_index=getattr(ti, "map_index", -1),
+        try_number=int(getattr(ti, "try_number", 0) or 0),
     )
 
 
@@ -78,8 +121,9 @@ class SpotStepOperator(BaseOperator):
         not deferrable).
     :param deferrable: wait for the job in the triggerer (default: no worker slot is held while
         it runs). ``False`` waits in the task itself, polling every ``poll_interval``, for
-        deployments without a triggerer; killing the task then cancels the live job, as
-        stopping a deferred task does.
+        deployments without a triggerer; clearing or killing the task then stops the live job
+        (recorded as stopped: the next try resumes from its checkpoint), as stopping a deferred
+        task does.
     """
 
     template_fields: Sequence[str] = (
@@ -126,7 +170,8 @@ class SpotStepOperator(BaseOperator):
         self.poll_interval = float(poll_interval)
         self.deferrable = bool(deferrable)
         self.console_url: str | None = None
-        self._waiting_on: tuple[Any, str] | None = None  # (backend, job id) while not deferred
+        # (backend, job id, checkpoint URI, step key, watcher) while waiting in the task
+        self._waiting_on: tuple[Any, str, str, str, str] | None = None
         # Fail at DAG parse time when the values are already known.
         if not is_templated(policy):
             parse_policy(policy)
@@ -181,12 +226,14 @@ class SpotStepOperator(BaseOperator):
         except (ConfigError, LedgerError) as exc:  # retrying cannot fix these
             raise AirflowFailException(f"{self.task_id}: {exc}") from exc
         ti = context["ti"]
+        watcher = watcher_for(context)
         decision = self._decide(runner)
         self._push_console_link(hook, runner, ti)
         while decision.action in (Action.SUBMIT, Action.WAIT):
+            self._watch(runner, watcher)
             if self.deferrable:
-                self._defer_on_live(runner, policy)  # raises TaskDeferred
-            decision = self._wait_in_task(runner, backend)
+                self._defer_on_live(runner, policy, watcher)  # raises TaskDeferred
+            decision = self._wait_in_task(runner, backend, watcher)
             self._push_console_link(hook, runner, ti)
         attempts = runner.ledger.attempts
         summary = step_summary(
@@ -210,10 +257,33 @@ class SpotStepOperator(BaseOperator):
             ti.xcom_push(key=SpotJobConsoleLink().xcom_key, value=url)
         self.console_url = url
 
-    def _wait_in_task(self, runner: StepRunner, backend: Any) -> Decision:
+    def _watch(self, runner: StepRunner, watcher: str) -> None:
+        """Record this try as the one waiting on the live attempt (no write when it is already)."""
+        live = runner.ledger.live
+        if live is None:
+            return
+        try:
+            now = watch_attempt(runner.ledger, live, watcher)
+        except LedgerError as exc:  # bookkeeping only: waiting on the job is still right
+            self.log.warning("could not record %s as the watcher of the attempt: %s", watcher, exc)
+            return
+        if now.watcher != watcher:
+            self.log.warning(
+                "attempt %d is watched by a newer try (%s); this try (%s) will not stop its job",
+                now.number,
+                now.watcher,
+                watcher,
+            )
+
+    def _wait_in_task(self, runner: StepRunner, backend: Any, watcher: str) -> Decision:
         """``deferrable=False``: one poll interval in the task, then the next decision."""
         live = runner.ledger.live
-        self._waiting_on = (backend, live.job_id) if live and live.job_id else None
+        spec = runner.spec
+        self._waiting_on = (
+            (backend, live.job_id, spec.checkpoint_uri, spec.key, watcher)
+            if live and live.job_id
+            else None
+        )
         try:
             time.sleep(self.poll_interval)
             return self._decide(runner)
@@ -221,13 +291,26 @@ class SpotStepOperator(BaseOperator):
             self._waiting_on = None
 
     def on_kill(self) -> None:
-        """The task was stopped while waiting in it (``deferrable=False``): stop the job too."""
+        """The task was stopped (cleared, marked, killed) while waiting in it
+        (``deferrable=False``): record the attempt as stopped, then cancel its job -- unless a
+        newer try of the task now waits on it."""
         waiting = self._waiting_on
         if waiting is None:
             return
-        backend, job_id = waiting
-        self.log.info("task stopped: cancelling job %s", job_id)
-        backend.cancel(job_id, reason=f"{CANCEL_REASON_PREFIX} the Airflow task was stopped")
+        backend, job_id, uri, key, watcher = waiting
+        try:
+            why_not = stop_as_watcher(Ledger.open(CheckpointStore(uri), key), job_id, watcher)
+        except LedgerError as exc:  # cannot record it: cancel anyway (the task is going away)
+            self.log.warning("could not record the stop of job %s in the ledger: %s", job_id, exc)
+            why_not = None
+        if why_not is not None:
+            self.log.info("task stopped: leaving job %s alone: %s", job_id, why_not)
+            return
+        self.log.info("task stopped: attempt recorded as stopped; cancelling job %s", job_id)
+        try:
+            backend.cancel(job_id, reason=f"{CANCEL_REASON_PREFIX} the Airflow task was stopped")
+        except NotFoundError:
+            self.log.info("job %s is already gone", job_id)
 
     def _decide(self, runner: StepRunner) -> Decision:
         """Reconcile, decide, carry out; again at once after a CANCEL (e.g. no spot capacity)."""
@@ -239,7 +322,7 @@ class SpotStepOperator(BaseOperator):
             raise AirflowFailException(f"{self.task_id}: {exc}") from exc
         return decision
 
-    def _defer_on_live(self, runner: StepRunner, policy: SpotPolicy) -> None:
+    def _defer_on_live(self, runner: StepRunner, policy: SpotPolicy, watcher: str) -> None:
         live = runner.ledger.live
         if live is None or live.job_id is None:  # the runner always leaves one after SUBMIT/WAIT
             raise AirflowException(f"step {runner.spec.key}: no live attempt to wait on")
@@ -265,6 +348,11 @@ class SpotStepOperator(BaseOperator):
                 wake_at=wake_at,
                 # no resume within seconds of this deferral: Airflow could fail the task
                 not_before=settle_deadline(),
+                # so that a stop of this try records the attempt as stopped, unless a newer
+                # try waits on it by then
+                checkpoint_uri=runner.spec.checkpoint_uri,
+                step_key=runner.spec.key,
+                watcher=watcher,
             ),
             method_name="execute_complete",
         )

@@ -7,8 +7,10 @@ ledger. Its XCom value says what happened, so a branch can pick a resume path::
     {"terminated": True, "kind": "INTERRUPTION", "step_key": ..., "job_id": ..., "notice": {...}}
     {"terminated": False, "step_key": ..., "reason": "step ... finished: attempt 1 SUCCEEDED"}
 
-Deferrable by default (the wait runs in the triggerer); ``deferrable=False`` pokes instead, in
-``poke`` or ``reschedule`` mode.
+Deferrable by default (the wait runs in the triggerer; its trigger never fires before
+:func:`~spot_workflows.airflow.triggers.settle_deadline`); ``deferrable=False`` pokes instead, in
+``poke`` or ``reschedule`` mode. In reschedule mode under a scheduler keep ``poke_interval`` at
+10 s or more: Airflow can fail a task that is re-queued within seconds of its previous report.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from spot_workflows.airflow.connections import DEFAULT_CONN_ID
 from spot_workflows.airflow.hooks import SpotBackendHook
 from spot_workflows.airflow.operators import step_key_for
-from spot_workflows.airflow.triggers import SpotTerminationTrigger
+from spot_workflows.airflow.triggers import SpotTerminationTrigger, settle_deadline
 from spot_workflows.airflow.watch import DEFAULT_KINDS, TerminationWatch, normalize_kinds
 from spot_workflows.errors import ConfigError
 
@@ -105,6 +107,8 @@ class SpotTerminationSensor(BaseSensorOperator):
                 since=since,
                 checkpoint_uri=uri,
                 poll_interval=self.poke_interval,
+                # no resume within seconds of this deferral: Airflow could fail the task
+                not_before=settle_deadline(),
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=self.timeout),

@@ -5,7 +5,9 @@
 * :func:`parse_policy`, :func:`parse_command`, :func:`build_spec`: user input (often rendered from
   Jinja templates, so strings) into validated :class:`SpotPolicy` / :class:`StepSpec`, with errors
   that name the field;
-* :func:`step_summary`: the compact XCom summary of a step.
+* :func:`step_summary`: the compact XCom summary of a step;
+* :func:`watcher_id`, :func:`watch_attempt`, :func:`stop_as_watcher`: which task try waits on
+  a step's live attempt, and a stop that only that try may send (see :func:`stop_as_watcher`).
 """
 
 from __future__ import annotations
@@ -23,12 +25,15 @@ from pydantic import ValidationError
 
 from spot_workflows.config import SpotPolicy, StepSpec
 from spot_workflows.core.escalation import get_strategy, is_live, resolve
-from spot_workflows.core.outcomes import Attempt, Capacity, Decision
+from spot_workflows.core.outcomes import Attempt, Capacity, Decision, Outcome
 from spot_workflows.core.planner import describe_history
 from spot_workflows.errors import ConfigError
+from spot_workflows.ledger import Ledger
 
 RESOURCE_FIELDS = ("image", "vcpus", "memory_mib", "gpus", "instance_types", "timeout_s")
 _BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9._=-]+")
+_TRY = re.compile(r"^(?P<task>.*)#try(?P<try>\d+)$")
+STOPPED_REASON = "the Airflow task was stopped (cleared or killed)"
 
 
 def is_templated(value: Any) -> bool:
@@ -200,3 +205,67 @@ def step_summary(
         "cost": cost,
         "console_url": console_url,
     }
+
+
+# -- who waits on the live attempt ----------------------------------------------------------------
+def watcher_id(
+    *, dag_id: str, task_id: str, run_id: str, map_index: int | None, try_number: int
+) -> str:
+    """``<dag_id>/<task_id>/<run_id>/<map_index>#try<try_number>``: one Airflow try of a task.
+
+    A deferred task resumes under the same try number, so every part of one try (the first
+    start, each resume after a trigger) has the same id; a clear or a retry raises the try
+    number, so a newer try always has a greater one."""
+    index = -1 if map_index is None else map_index
+    return f"{dag_id}/{task_id}/{run_id}/{index}#try{try_number}"
+
+
+def _newer(current: str | None, mine: str) -> bool:
+    """Whether ``current`` is a newer try of the same task instance than ``mine``."""
+    a, b = _TRY.match(current or ""), _TRY.match(mine)
+    if a is None or b is None or a["task"] != b["task"]:
+        return False
+    return int(a["try"]) > int(b["try"])
+
+
+def watch_attempt(ledger: Ledger, attempt: Attempt, watcher: str) -> Attempt:
+    """Record ``watcher`` as the try now waiting on ``attempt`` (no write when it already is;
+    never over a newer try of the same task, which would leave a zombie try in charge)."""
+
+    def fn(current: Attempt) -> Attempt:
+        if not current.live or current.watcher == watcher or _newer(current.watcher, watcher):
+            return current
+        return current.model_copy(update={"watcher": watcher})
+
+    return ledger.change(attempt.number, fn)
+
+
+def stop_as_watcher(
+    ledger: Ledger, job_id: str, watcher: str | None, reason: str = STOPPED_REASON
+) -> str | None:
+    """Before a stopped Airflow task cancels job ``job_id``: record the job's attempt as being
+    stopped on purpose (``stopping=STOPPED``, written ahead, one compare-and-swap), so the next
+    try records it as stopped and resumes from its checkpoint instead of failing on a cancel
+    "from outside". Returns None when the caller may cancel the job; else why it must leave the
+    job alone: the attempt already ended, or another try of the task now waits on it (it
+    re-attached after a clear or a retry, and owns the step)."""
+    ledger.refresh()
+    attempt = next((a for a in ledger.attempts if a.job_id == job_id), None)
+    if attempt is None:
+        return None  # not recorded here (another step's job?): cancel as asked
+    if not attempt.live:
+        return f"attempt {attempt.number} already ended ({attempt.outcome})"
+
+    def fn(current: Attempt) -> Attempt:
+        if not current.live or current.watcher not in (None, watcher):
+            return current
+        if current.stopping is not None:
+            return current  # already being stopped (e.g. by the planner): keep its outcome
+        return current.model_copy(update={"stopping": Outcome.STOPPED, "reason": reason})
+
+    now = ledger.change(attempt.number, fn)
+    if not now.live:
+        return f"attempt {now.number} already ended ({now.outcome})"
+    if now.watcher not in (None, watcher):
+        return f"attempt {now.number} is now watched by {now.watcher}, not {watcher}"
+    return None

@@ -1,8 +1,10 @@
-"""Triggers: tiny, serializable (ids and a connection id only), polling the backend off the loop.
+"""Triggers: tiny, serializable (ids, a connection id, a URI), polling the backend off the loop.
 
 * :class:`SpotJobTrigger` waits on one attempt's job for the spot step operator: it fires when the
   job is done or gone, or at ``wake_at`` (when the planner must look again, e.g. a spot attempt
   that may have waited too long for capacity). The operator, not the trigger, decides what next.
+  When the deferred task is cleared or marked, its ``on_kill`` records the attempt as stopped in
+  the step's ledger, then cancels the job -- unless a newer try of the task waits on it.
 * :class:`SpotTerminationTrigger` fires on termination notices (interruption warnings, rebalance
   recommendations, preempted jobs) for a step or a job queue. It is a ``BaseEventTrigger``, so it
   also works in an ``AssetWatcher`` for event-driven scheduling (there it yields every notice).
@@ -25,9 +27,13 @@ from airflow.triggers.base import BaseEventTrigger, BaseTrigger, TriggerEvent
 
 from spot_workflows.airflow.connections import build_backend, build_notice_source
 from spot_workflows.airflow.hooks import SpotBackendHook
+from spot_workflows.airflow.steps import STOPPED_REASON, stop_as_watcher
 from spot_workflows.airflow.watch import DEFAULT_KINDS, TerminationWatch, normalize_kinds
 from spot_workflows.core.classify import CANCEL_REASON_PREFIX
 from spot_workflows.core.outcomes import AttemptState
+from spot_workflows.errors import LedgerError, NotFoundError
+from spot_workflows.ledger import Ledger
+from spot_workflows.runtime.store import CheckpointStore
 
 MAX_DESCRIBE_FAILURES = 5
 SETTLE_MARGIN_S = 5.0
@@ -84,6 +90,10 @@ class SpotJobTrigger(BaseTrigger):
     """Fires when job ``job_id`` of connection ``spot_conn_id`` is done or gone, or at ``wake_at``;
     never before ``not_before`` (:func:`settle_deadline`, set by the deferring operator).
 
+    ``checkpoint_uri`` and ``step_key`` (the step's ledger) and ``watcher`` (the deferring try,
+    :func:`~spot_workflows.airflow.steps.watcher_id`) are for :meth:`on_kill`; a trigger
+    serialized without them (older versions) cancels the job on a stop, as those did.
+
     Event payloads: ``{"status": "done" | "gone" | "wake" | "error", "job_id": ..., ...}``.
     """
 
@@ -95,6 +105,9 @@ class SpotJobTrigger(BaseTrigger):
         poll_interval: float = 5.0,
         wake_at: float | None = None,
         not_before: float | None = None,
+        checkpoint_uri: str | None = None,
+        step_key: str | None = None,
+        watcher: str | None = None,
     ) -> None:
         super().__init__()
         self.spot_conn_id = spot_conn_id
@@ -102,6 +115,9 @@ class SpotJobTrigger(BaseTrigger):
         self.poll_interval = float(poll_interval)
         self.wake_at = None if wake_at is None else float(wake_at)
         self.not_before = None if not_before is None else float(not_before)
+        self.checkpoint_uri = checkpoint_uri
+        self.step_key = step_key
+        self.watcher = watcher
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -112,6 +128,9 @@ class SpotJobTrigger(BaseTrigger):
                 "poll_interval": self.poll_interval,
                 "wake_at": self.wake_at,
                 "not_before": self.not_before,
+                "checkpoint_uri": self.checkpoint_uri,
+                "step_key": self.step_key,
+                "watcher": self.watcher,
             },
         )
 
@@ -160,13 +179,32 @@ class SpotJobTrigger(BaseTrigger):
             await asyncio.sleep(delay)
 
     async def on_kill(self) -> None:
-        """A user marked the deferred task failed/success or cleared it: stop the job too."""
+        """A user cleared the deferred task or marked it failed/success: record the attempt as
+        stopped (write-ahead: the next try resumes from its checkpoint), then cancel its job --
+        unless a newer try of the task now waits on the attempt: then the job is left alone."""
+        why_not = await asyncio.to_thread(self._record_stop)
+        if why_not is not None:
+            self.log.info("task stopped: leaving job %s alone: %s", self.job_id, why_not)
+            return
         backend = await self._backend()
-        await asyncio.to_thread(
-            backend.cancel,
-            self.job_id,
-            reason=f"{CANCEL_REASON_PREFIX} the Airflow task was stopped by a user",
-        )
+        self.log.info("task stopped: cancelling job %s", self.job_id)
+        try:
+            await asyncio.to_thread(
+                backend.cancel, self.job_id, reason=f"{CANCEL_REASON_PREFIX} {STOPPED_REASON}"
+            )
+        except NotFoundError:
+            self.log.info("job %s is already gone", self.job_id)
+
+    def _record_stop(self) -> str | None:
+        """:func:`stop_as_watcher` on the step's ledger; None (cancel) without one."""
+        if not (self.checkpoint_uri and self.step_key):
+            return None  # serialized by an older version: no ledger to write
+        try:
+            ledger = Ledger.open(CheckpointStore(self.checkpoint_uri), self.step_key)
+            return stop_as_watcher(ledger, self.job_id, self.watcher)
+        except LedgerError as exc:  # cannot record it: cancel anyway, as a user asked
+            self.log.warning("could not record the stop of %s in the ledger: %s", self.job_id, exc)
+            return None
 
 
 class SpotTerminationTrigger(BaseEventTrigger):

@@ -12,7 +12,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from spot_workflows.airflow.connections import ConnectionInfo, checkpoint_root, console_url
-from spot_workflows.airflow.steps import build_spec, default_step_key, parse_command, parse_policy
+from spot_workflows.airflow.steps import (
+    build_spec,
+    default_step_key,
+    parse_command,
+    parse_policy,
+    stop_as_watcher,
+    watch_attempt,
+    watcher_id,
+)
 from spot_workflows.airflow.watch import TerminationWatch, normalize_kinds
 from spot_workflows.backends.local.events import LocalEventSource, append_event
 from spot_workflows.config import validate_step_key
@@ -168,6 +176,30 @@ def test_watch_reads_the_ledger_for_preemptions_and_for_the_end(tmp_path):
         "step_key": "step-1",
         "reason": "step step-1 finished: attempt 2 SUCCEEDED",
     }
+
+
+def test_the_newest_try_watches_the_attempt_and_only_it_may_stop_the_job(tmp_path):
+    ledger = Ledger.open(CheckpointStore(f"file://{tmp_path}/ckpt"), "d.t.r")
+    a1 = ledger.begin(capacity=Capacity.SPOT, backend="local", now=time.time())
+    a1 = ledger.set_job_id(a1, "job-1")
+    try1, try2 = (
+        watcher_id(dag_id="d", task_id="t", run_id="r", map_index=-1, try_number=n) for n in (1, 2)
+    )
+    assert try2 == "d/t/r/-1#try2"
+    assert watch_attempt(ledger, a1, try1).watcher == try1
+    writes = ledger.writes
+    assert watch_attempt(ledger, a1, try1).watcher == try1 and ledger.writes == writes  # no write
+    assert watch_attempt(ledger, a1, try2).watcher == try2  # a clear or a retry: a newer try
+    assert watch_attempt(ledger, a1, try1).watcher == try2  # a zombie try does not take it back
+    # the older try is stopped: it must leave the job alone, and write nothing
+    why = stop_as_watcher(ledger, "job-1", try1)
+    assert why is not None and "watched by d/t/r/-1#try2" in why
+    assert ledger.refresh().attempt(1).stopping is None
+    # the watching try is stopped: the attempt is recorded as stopping (resumable) first
+    assert stop_as_watcher(ledger, "job-1", try2) is None
+    assert ledger.refresh().attempt(1).stopping is Outcome.STOPPED
+    ledger.finish(ledger.attempt(1), Outcome.STOPPED, now=time.time(), reason="stopped")
+    assert "already ended" in stop_as_watcher(ledger, "job-1", try2)
 
 
 def test_notice_kinds_are_checked():

@@ -90,10 +90,22 @@ def test_killing_a_task_that_waits_in_itself_cancels_its_live_job(tmp_path):
     op = SpotStepOperator(task_id="t", command=["sleep", "60"], deferrable=False)
     op.on_kill()  # not waiting on anything: a no-op
     spec = StepSpec(key="k", command=["sleep", "60"], checkpoint_uri=f"file://{tmp_path}/ckpt")
+    from spot_workflows.ledger import Ledger
+    from spot_workflows.runtime.store import CheckpointStore
+
+    ledger = Ledger.open(CheckpointStore(spec.checkpoint_uri), spec.key)
+    attempt = ledger.begin(capacity=Capacity.SPOT, backend="local", now=time.time())
     with LocalBackend(state_dir=tmp_path / "b") as backend:
-        job = backend.submit(spec, job_name="k-a1", attempt=1, capacity=Capacity.SPOT)
-        op._waiting_on = (backend, job)  # what _wait_in_task sets while it sleeps
+        job = backend.submit(spec, job_name=attempt.job_name, attempt=1, capacity=Capacity.SPOT)
+        ledger.update(ledger.set_job_id(attempt, job), watcher="d/t/r/-1#try2")
+        # what _wait_in_task sets while it sleeps; an older try (a newer one re-attached)
+        op._waiting_on = (backend, job, spec.checkpoint_uri, spec.key, "d/t/r/-1#try1")
         op.on_kill()
+        assert backend.describe([job])[job].state is not AttemptState.DONE  # left alone
+        assert ledger.refresh().attempt(1).stopping is None
+        op._waiting_on = (backend, job, spec.checkpoint_uri, spec.key, "d/t/r/-1#try2")
+        op.on_kill()  # the watching try: recorded as stopped first, then cancelled
+        assert ledger.refresh().attempt(1).stopping is Outcome.STOPPED
         deadline = time.time() + 30
         while (seen := backend.describe([job])[job]).state is not AttemptState.DONE:
             assert time.time() < deadline, seen

@@ -15,11 +15,21 @@ from spot_workflows.airflow.hooks import SpotBackendHook
 from spot_workflows.airflow.triggers import SpotJobTrigger, SpotTerminationTrigger
 from spot_workflows.backends.local.events import append_event
 from spot_workflows.config import StepSpec
-from spot_workflows.core.outcomes import Capacity
+from spot_workflows.core.outcomes import AttemptState, Capacity, Outcome
+from spot_workflows.ledger import Ledger
+from spot_workflows.runtime.store import CheckpointStore
 
 TRIGGERS = [
     SpotJobTrigger(spot_conn_id="aws_spot", job_id="4f0c-9a", poll_interval=2.5, wake_at=1.8e9),
     SpotJobTrigger(spot_conn_id="spot_local_default", job_id="local-1"),
+    SpotJobTrigger(
+        spot_conn_id="spot_local_default",
+        job_id="local-2",
+        not_before=1.8e9,
+        checkpoint_uri="file:///tmp/ckpt/d.t.r",
+        step_key="d.t.r",
+        watcher="d/t/r/-1#try3",
+    ),
     SpotTerminationTrigger(
         spot_conn_id="gcp_spot",
         step_key="train.run-1",
@@ -104,3 +114,44 @@ def test_termination_trigger_yields_every_matching_notice_when_watching_a_queue(
         (True, "INTERRUPTION", "j1"),
         (True, "INTERRUPTION", "j3"),
     ]
+
+
+def test_an_old_serialized_job_trigger_still_loads_and_has_no_ledger():
+    old = {"spot_conn_id": "aws_spot", "job_id": "j-1", "poll_interval": 5.0, "wake_at": None}
+    trigger = import_string("spot_workflows.airflow.triggers.SpotJobTrigger")(**old)
+    assert (trigger.checkpoint_uri, trigger.step_key, trigger.watcher) == (None, None, None)
+    assert trigger._record_stop() is None  # no ledger to write: on_kill cancels, as it did
+
+
+def test_job_trigger_on_kill_records_a_stop_only_while_its_try_watches(local_conn, tmp_path):
+    """on_kill of the watching try: STOPPED written ahead, then the job cancelled. on_kill of an
+    older try (a newer one re-attached): the job and the ledger are left alone."""
+    conn = local_conn()
+    backend = build_backend(SpotBackendHook(spot_conn_id=conn["conn_id"]).get_info())
+    uri = f"file://{tmp_path}/ckpt"
+    ledger = Ledger.open(CheckpointStore(uri), "trig")
+    attempt = ledger.begin(capacity=Capacity.SPOT, backend=backend.name, now=time.time())
+    job_id = submit(conn["conn_id"], tmp_path, ["sleep", "60"])
+    ledger.set_job_id(attempt, job_id)
+    ledger.update(ledger.attempt(1), watcher="d/t/r/-1#try2")
+
+    def trigger(watcher):
+        return SpotJobTrigger(
+            spot_conn_id=conn["conn_id"],
+            job_id=job_id,
+            checkpoint_uri=uri,
+            step_key="trig",
+            watcher=watcher,
+        )
+
+    asyncio.run(trigger("d/t/r/-1#try1").on_kill())  # an older try: not its job any more
+    assert backend.describe([job_id])[job_id].state is not AttemptState.DONE
+    assert ledger.refresh().attempt(1).stopping is None
+
+    asyncio.run(trigger("d/t/r/-1#try2").on_kill())  # the watching try
+    stored = ledger.refresh().attempt(1)
+    assert stored.stopping is Outcome.STOPPED and "cleared or killed" in stored.reason
+    deadline = time.time() + 20
+    while backend.describe([job_id])[job_id].state is not AttemptState.DONE:
+        assert time.time() < deadline, "the job was not cancelled"
+        time.sleep(0.2)

@@ -1,7 +1,8 @@
 """A real Airflow 3 stack for end-to-end tests, as users run it (no ``dag.test()``).
 
 ``AirflowLab(root)`` keeps everything under ``root``: a throwaway ``AIRFLOW_HOME`` (config,
-SQLite db, task logs, a dags folder holding a copy of ``dags/spot_finetune.py``), the local spot
+SQLite db, task logs, a dags folder holding a copy of ``dags/spot_finetune.py`` and of the test
+DAG ``tests/e2e/real/dags/spot_kill_retry.py``), the local spot
 cloud's state directory (``SPOT_WORKFLOWS_LOCAL_DIR``, set for every Airflow process), and one log
 file per process and CLI call (``root/logs``). ``start()`` runs ``airflow db migrate``, then
 ``airflow api-server`` (on a free port of 127.0.0.1), ``scheduler`` (LocalExecutor),
@@ -45,7 +46,13 @@ BIN = Path(sys.executable).parent
 AIRFLOW = BIN / "airflow"
 SPOT_WORKFLOWS = BIN / "spot-workflows"
 DAG_ID = "spot_finetune"
-DAG_FILES = (REPO / "dags" / "spot_finetune.py",)
+KILL_DAG_ID = "spot_kill_retry"
+"""A test DAG: one ``deferrable=False`` spot step (task ``step``) with one Airflow retry."""
+DAG_FILES = (
+    REPO / "dags" / "spot_finetune.py",
+    Path(__file__).resolve().parent / "dags" / f"{KILL_DAG_ID}.py",
+)
+DAG_IDS = (DAG_ID, KILL_DAG_ID)
 MARKER = "SPOT_AIRFLOW_LAB"
 """Set in the environment of every process the lab starts; its descendants inherit it."""
 USER = "lab"
@@ -236,7 +243,8 @@ class AirflowLab:
             self.spawn(component, [str(AIRFLOW), component])
         deadline = time.monotonic() + self.startup_timeout_s
         self.wait_api(deadline)
-        self.wait_dag(DAG_ID, deadline)
+        for dag_id in DAG_IDS:
+            self.wait_dag(dag_id, deadline)
         return self
 
     def wait_api(self, deadline: float) -> None:
@@ -313,11 +321,13 @@ class AirflowLab:
         )
         return {r: rows.get(r) for r in run_ids}
 
-    def wait_final(self, run_ids: list[str], *, timeout_s: float) -> dict[str, str | None]:
+    def wait_final(
+        self, run_ids: list[str], *, timeout_s: float, dag_id: str = DAG_ID
+    ) -> dict[str, str | None]:
         """Wait (bounded) until every DAG run is in a final state; their states."""
         deadline = time.monotonic() + timeout_s
         while True:
-            states = self.run_states(run_ids)
+            states = self.run_states(run_ids, dag_id=dag_id)
             if set(states.values()) <= FINAL_RUN_STATES:
                 return states
             self._check_alive(f"DAG runs were running ({states})")
@@ -353,6 +363,46 @@ class AirflowLab:
                 if doc.get("step_key") == found.step_key:
                     found.ledger, found.ledger_path = doc, path
         return found
+
+    def task_instance(self, run_id: str, task_id: str, *, dag_id: str = DAG_ID) -> dict:
+        """``{"id", "state", "try_number"}`` of one task instance ({} while there is none)."""
+        rows = self.query(
+            "SELECT id, state, try_number FROM task_instance "
+            "WHERE dag_id = ? AND run_id = ? AND task_id = ?",
+            (dag_id, run_id, task_id),
+        )
+        return dict(zip(("id", "state", "try_number"), rows[0], strict=True)) if rows else {}
+
+    def clear_tasks(self, run_id: str, task_ids: list[str], *, dag_id: str = DAG_ID) -> list:
+        """Clear task instances of a run, running or deferred ones included, as the UI's Clear
+        does (REST ``clearTaskInstances``); the task instances it cleared."""
+        resp = self.http.post(
+            f"/api/v2/dags/{dag_id}/clearTaskInstances",
+            json={
+                "dag_run_id": run_id,
+                "task_ids": task_ids,
+                "dry_run": False,
+                "only_failed": False,
+            },
+        )
+        if resp.status_code >= 300:
+            raise LabError(f"clearing {task_ids} of {run_id}: {resp.status_code} {resp.text}")
+        return resp.json().get("task_instances", [])
+
+    def task_process(self, ti_id: str) -> int | None:
+        """The pid of the process running task instance ``ti_id`` (its title is ``airflow worker
+        -- <ti id>``; its supervisor's is not), or None."""
+        want = f"airflow worker -- {ti_id}".replace("-", "").lower()
+        for entry in Path("/proc").iterdir():  # not marked_processes(): setproctitle writes the
+            if not entry.name.isdigit():  # title over the process's environment block too
+                continue
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if cmd.strip().replace("-", "").lower() == want:
+                return int(entry.name)
+        return None
 
     def scheduler_races(self) -> list[str]:
         """Scheduler log lines that show the deferral race (a task failed by a stale report)."""

@@ -10,11 +10,18 @@ trigger resumed within seconds of its deferral.
 
 from __future__ import annotations
 
+import json
+import math
+import os
 import secrets
+import signal
+import time
 from collections import Counter
 
 import pytest
-from airflow_lab import DAG_ID, AirflowLab, RunEvidence
+from airflow_lab import DAG_ID, KILL_DAG_ID, AirflowLab, RunEvidence, step_key
+
+from spot_workflows.runtime.store import CheckpointStore
 
 RUN_TIMEOUT_S = 240.0
 """Both runs go at once, so this bounds each of them."""
@@ -138,3 +145,167 @@ def test_spot_finetune_twice_on_real_airflow(lab: AirflowLab):
             + f"\n\n{lab.diagnostics()}",
             pytrace=False,
         )
+
+
+# -- one live job per step, whatever Airflow does to the task ------------------------------------
+STEP_RUN_TIMEOUT_S = 180.0
+STEPS = 600
+"""Training steps of the runs below: about 18 s of work at 0.03 s a step, a checkpoint every 10."""
+
+
+def wait_until(what: str, check, lab: AirflowLab, *, timeout_s: float = 120.0):
+    """Poll ``check()`` (bounded) until it returns something truthy; return that."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}\n\n{lab.diagnostics()}", pytrace=False)
+        time.sleep(0.3)
+
+
+def read_ledger(lab: AirflowLab, key: str) -> dict | None:
+    path = lab.checkpoint_root / key / "ledger.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def checkpoint_step(lab: AirflowLab, key: str) -> int:
+    latest = CheckpointStore(f"file://{lab.checkpoint_root / key}").latest()
+    return latest.step if latest is not None else 0
+
+
+def running_attempt(lab: AirflowLab, key: str) -> dict | None:
+    """The step's live attempt once its job runs and has saved a checkpoint past step 0 (the
+    ledger's state may still say PENDING: a deferred task records it when it wakes)."""
+    doc = read_ledger(lab, key) or {}
+    live = [a for a in doc.get("attempts", []) if a["state"] != "DONE" and a["job_id"]]
+    return live[-1] if live and checkpoint_step(lab, key) > 0 else None
+
+
+def step_jobs(lab: AirflowLab, key: str) -> list[dict]:
+    return sorted(
+        (j for j in lab.local_jobs() if j.get("step_key") == key), key=lambda j: j["attempt"]
+    )
+
+
+def overlapping_jobs(jobs: list[dict]) -> list[str]:
+    """Pairs of jobs of one step that were live (submitted, not yet ended) at the same time."""
+    spans = [(j["submitted_at"] or j["started_at"], j["ended_at"] or math.inf, j) for j in jobs]
+    return [
+        f"attempt {a['attempt']} ({a['job_id']}) and attempt {b['attempt']} ({b['job_id']})"
+        for i, (s1, e1, a) in enumerate(spans)
+        for s2, e2, b in spans[i + 1 :]
+        if s1 < e2 and s2 < e1
+    ]
+
+
+@pytest.mark.timeout(420)
+def test_clearing_a_deferred_step_stops_and_resumes_it_with_one_live_job(lab: AirflowLab):
+    """Clear ``finetune`` while its spot attempt runs (the task deferred on it): the stop is
+    recorded as STOPPED (or the new try re-attached), never CANCELLED; the next attempt resumes
+    from a checkpoint; the run succeeds; the step never has two live jobs."""
+    if not lab.has_local_cli():
+        pytest.skip("`spot-workflows local` does not exist: cannot list the local cloud's jobs")
+    run_id = f"clear-{secrets.token_hex(3)}"
+    key = step_key(DAG_ID, "finetune", run_id)
+    lab.trigger(run_id, conf={"spot_conn_id": "spot_local_default", "steps": STEPS})
+    live = wait_until(
+        "finetune's first attempt to run and checkpoint",
+        lambda: (
+            running_attempt(lab, key)
+            if lab.task_instance(run_id, "finetune").get("state") == "deferred"
+            else None
+        ),
+        lab,
+    )
+    cleared_at = time.time()
+    cleared = lab.clear_tasks(run_id, ["finetune"])
+    lab.wait_final([run_id], timeout_s=STEP_RUN_TIMEOUT_S)
+    ev = lab.evidence(run_id)
+    attempts = (ev.ledger or {}).get("attempts", [])
+    jobs = step_jobs(lab, key)
+
+    problems = []
+    if not cleared:
+        problems.append("the clear endpoint cleared no task instance")
+    if ev.tries.get("finetune", 0) < 2:
+        problems.append(f"finetune ran {ev.tries.get('finetune')} try: the clear did not happen")
+    if ev.state != "success":
+        problems.append(f"dag_run state {ev.state!r}, expected 'success'")
+    cancelled = [a["number"] for a in attempts if a["outcome"] == "CANCELLED"]
+    if cancelled:
+        problems.append(f"attempt(s) {cancelled} recorded CANCELLED: the stop was not recorded")
+    after = [a for a in attempts if a["submitted_at"] > cleared_at]
+    if after:
+        cold = [a["number"] for a in after if not (a["resumed_from_step"] or 0) > 0]
+        if cold:
+            problems.append(f"attempt(s) {cold} after the clear did not resume from a checkpoint")
+    elif attempts[live["number"] - 1]["outcome"] != "SUCCEEDED":  # re-attached: it must finish
+        problems.append(f"no attempt after the clear, and attempt {live['number']} did not succeed")
+    overlaps = overlapping_jobs(jobs)
+    if overlaps:
+        problems.append(f"two live jobs of the step at once: {overlaps}")
+    if problems:
+        pytest.fail(
+            "\n".join(problems)
+            + f"\n\nledger: {attempt_rows(ev)}\njobs: {_job_rows(jobs)}\n\n{lab.diagnostics()}",
+            pytrace=False,
+        )
+
+
+@pytest.mark.timeout(420)
+def test_a_killed_task_process_is_retried_and_reattaches_to_the_live_job(lab: AirflowLab):
+    """SIGKILL the task process of a ``deferrable=False`` step mid-run: Airflow retries it, the
+    retry re-attaches to the same job (one job, one attempt), and the run succeeds."""
+    if not lab.has_local_cli():
+        pytest.skip("`spot-workflows local` does not exist: cannot list the local cloud's jobs")
+    run_id = f"kill-{secrets.token_hex(3)}"
+    key = step_key(KILL_DAG_ID, "step", run_id)
+    lab.trigger(run_id, dag_id=KILL_DAG_ID, conf={"steps": STEPS})
+
+    def live_task() -> tuple[int, dict] | None:
+        ti = lab.task_instance(run_id, "step", dag_id=KILL_DAG_ID)
+        if ti.get("state") != "running" or ti.get("try_number") != 1:
+            return None
+        attempt = running_attempt(lab, key)
+        pid = lab.task_process(str(ti["id"])) if attempt else None
+        return (pid, attempt) if pid else None
+
+    pid, attempt = wait_until("the step's task process, its job running", live_task, lab)
+    os.kill(pid, signal.SIGKILL)
+    lab.wait_final([run_id], dag_id=KILL_DAG_ID, timeout_s=STEP_RUN_TIMEOUT_S)
+    ev = lab.evidence(run_id, dag_id=KILL_DAG_ID, task_id="step")
+    attempts = (ev.ledger or {}).get("attempts", [])
+    jobs = step_jobs(lab, key)
+
+    problems = []
+    if ev.state != "success":
+        problems.append(f"dag_run state {ev.state!r}, expected 'success'")
+    if ev.tries.get("step") != 2:
+        problems.append(f"the step ran {ev.tries.get('step')} tries, expected 2 (one retry)")
+    same = [j for j in jobs if j["attempt"] == attempt["number"]]
+    if [j["job_id"] for j in same] != [attempt["job_id"]]:
+        problems.append(
+            f"attempt {attempt['number']} has {len(same)} job(s), expected only its own"
+        )
+    if [(a["number"], a["job_id"], a["outcome"]) for a in attempts] != [
+        (attempt["number"], attempt["job_id"], "SUCCEEDED")
+    ]:
+        problems.append("the retry did not re-attach: the ledger is not that one attempt succeeded")
+    if problems:
+        pytest.fail(
+            "\n".join(problems)
+            + f"\n\nledger: {attempt_rows(ev)}\njobs: {_job_rows(jobs)}\n\n{lab.diagnostics()}",
+            pytrace=False,
+        )
+
+
+def _job_rows(jobs: list[dict]) -> list[tuple]:
+    return [
+        (j["attempt"], j["job_id"], j["outcome"] or j["state"], j["submitted_at"], j["ended_at"])
+        for j in jobs
+    ]
