@@ -10,7 +10,7 @@ step key, so the same ledger and checkpoints) on on-demand from its last checkpo
 (the command failed, the job was cancelled from outside, no attempt at all) fails ``choose``, and
 with it the run. ``publish`` runs only when nothing upstream failed and checks that the step did
 succeed, so the run never ends ``success`` with an unfinished step. With ``spot_local_demo`` the
-reclaim happens 3 s in::
+reclaim comes 2 s after the first checkpoint::
 
     airflow dags test spot_resume_on_termination
 """

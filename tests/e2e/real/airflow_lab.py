@@ -28,10 +28,7 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from proc_lab import LabError, LabProcesses, Proc, free_port, kill_group, sweep, tail
 
 REPO = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent
@@ -62,31 +60,6 @@ RACE_MESSAGE = "but the task instance's state attribute is"
 the task was already re-queued by its trigger (then it marks the task failed)."""
 
 
-class LabError(RuntimeError):
-    """The stack did not come up, or a wait ran out; the message ends with the logs' tails."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:]) or "(empty)"
-
-
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen
-    log: Path
-
-
 @dataclass
 class RunEvidence:
     """What one DAG run left behind: its state, its tasks' states and logs, XComs, the ledger."""
@@ -105,7 +78,7 @@ class RunEvidence:
     task_logs: dict[str, list[Path]] = field(default_factory=dict)
 
 
-class AirflowLab:
+class AirflowLab(LabProcesses):
     def __init__(self, root: Path, *, startup_timeout_s: float = 180.0) -> None:
         self.root = Path(root).resolve()
         self.home = self.root / "airflow-home"
@@ -173,60 +146,6 @@ class AirflowLab:
         return env
 
     # -- processes -----------------------------------------------------------------------------
-    def _log(self, name: str) -> Path:
-        return self.logs / f"{name}.log"
-
-    def spawn(self, name: str, args: list[str]) -> Proc:
-        log = self._log(name)
-        with open(log, "ab") as out:
-            popen = subprocess.Popen(
-                args,
-                cwd=self.root,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: stopped as one
-            )
-        proc = Proc(name, popen, log)
-        self.procs.append(proc)
-        return proc
-
-    def cli(
-        self, args: list[str], *, timeout_s: float = 120.0, check: bool = True
-    ) -> subprocess.CompletedProcess:
-        """Run a CLI (in its own process group, killed on timeout); output in its own log."""
-        self._cli_calls += 1
-        words = [Path(args[0]).name, *(a for a in args[1:3] if not a.startswith("-"))]
-        log = self._log(f"cli-{self._cli_calls:02d}-{'-'.join(words)}")
-        with open(log, "wb") as out:
-            popen = subprocess.Popen(
-                args,
-                cwd=self.root,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-            )
-            try:
-                _, err = popen.communicate(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                kill_group(popen, grace_s=5.0)
-                raise LabError(
-                    f"{' '.join(args)} ran over {timeout_s:.0f}s\n{self.diagnostics()}"
-                ) from None
-        done = subprocess.CompletedProcess(
-            args, popen.returncode, log.read_text(errors="replace"), err.decode(errors="replace")
-        )
-        with open(log, "a") as out:
-            out.write(done.stderr)
-        if check and done.returncode != 0:
-            raise LabError(
-                f"{' '.join(args)} exited {done.returncode}:\n{tail(log)}\n{self.diagnostics()}"
-            )
-        return done
-
     def _check_alive(self, what: str) -> None:
         for proc in self.procs:
             if proc.popen.poll() is not None:
@@ -445,7 +364,7 @@ class AirflowLab:
         for proc in self.procs:
             if proc.name not in first:
                 kill_group(proc.popen, grace_s=15.0)
-        self.leftovers = sweep(self.root)
+        self.leftovers = sweep(MARKER, self.root)
         with contextlib.suppress(Exception):
             self.http.close()
 
@@ -490,53 +409,6 @@ def _json(value: Any) -> Any:
         except ValueError:
             return value
     return value
-
-
-def kill_group(popen: subprocess.Popen, *, grace_s: float) -> None:
-    """SIGTERM the process group of ``popen`` (its own session), SIGKILL after ``grace_s``."""
-    if popen.poll() is None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(popen.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            popen.wait(timeout=grace_s)
-    # the leader may be gone while members of its group still run
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(popen.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        popen.wait(timeout=5.0)
-
-
-def marked_processes(root: Path) -> dict[int, str]:
-    """Processes whose environment carries this lab's marker: pid -> command line."""
-    wanted = f"{MARKER}={root}".encode()
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if wanted in (entry / "environ").read_bytes().split(b"\0"):
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                found[int(entry.name)] = cmd.strip()
-        except OSError:
-            continue
-    return found
-
-
-def sweep(root: Path, *, grace_s: float = 5.0) -> list[str]:
-    """End every process started (directly or not) by the lab of ``root`` that still runs."""
-    if not Path("/proc/self/environ").exists():
-        return []
-    found = marked_processes(root)
-    for pid in found:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and set(marked_processes(root)) & set(found):
-        time.sleep(0.1)
-    for pid in marked_processes(root):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-    return [f"{pid} {cmd}" for pid, cmd in sorted(found.items())]
 
 
 def main(argv: list[str]) -> int:

@@ -27,8 +27,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +37,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from proc_lab import (
+    LabError,
+    LabProcesses,
+    Proc,
+    free_port,
+    kill_group,
+    marked_processes,
+    sweep,
+    tail,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 FLOWS = REPO / "flows"
@@ -51,31 +59,6 @@ MARKER = "SPOT_PREFECT_LAB"
 """Set in the environment of every process the lab starts; its descendants inherit it."""
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 RETRY_STATUS = {429, 502, 503, 504}
-
-
-class LabError(RuntimeError):
-    """The stack did not come up, or a wait ran out; the message ends with the logs' tails."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:]) or "(empty)"
-
-
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen
-    log: Path
 
 
 @dataclass
@@ -93,7 +76,7 @@ class FlowRunEvidence:
     """``ledger.json`` of each step under ``workdir/checkpoints``, by step key."""
 
 
-class PrefectLab:
+class PrefectLab(LabProcesses):
     def __init__(self, root: Path, *, startup_timeout_s: float = 150.0) -> None:
         self.root = Path(root).resolve()
         self.home = self.root / "prefect-home"
@@ -140,60 +123,6 @@ class PrefectLab:
         return env
 
     # -- processes -----------------------------------------------------------------------------
-    def _log(self, name: str) -> Path:
-        return self.logs / f"{name}.log"
-
-    def spawn(self, name: str, args: list[str], *, cwd: Path | None = None) -> Proc:
-        log = self._log(name)
-        with open(log, "ab") as out:
-            popen = subprocess.Popen(
-                args,
-                cwd=cwd or self.root,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: stopped as one
-            )
-        proc = Proc(name, popen, log)
-        self.procs.append(proc)
-        return proc
-
-    def cli(
-        self, args: list[str], *, cwd: Path | None = None, timeout_s: float = 120.0, check=True
-    ) -> subprocess.CompletedProcess:
-        """Run a CLI (in its own process group, killed on timeout); output in its own log."""
-        self._cli_calls += 1
-        words = [Path(args[0]).name, *(a for a in args[1:3] if not a.startswith("-"))]
-        log = self._log(f"cli-{self._cli_calls:02d}-{'-'.join(words)}")
-        with open(log, "wb") as out:
-            popen = subprocess.Popen(
-                args,
-                cwd=cwd or self.root,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-            )
-            try:
-                _, err = popen.communicate(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                _kill_group(popen, grace_s=5.0)
-                raise LabError(
-                    f"{' '.join(args)} ran over {timeout_s:.0f}s\n{self.diagnostics()}"
-                ) from None
-        done = subprocess.CompletedProcess(
-            args, popen.returncode, log.read_text(errors="replace"), err.decode(errors="replace")
-        )
-        with open(log, "a") as out:
-            out.write(done.stderr)
-        if check and done.returncode != 0:
-            raise LabError(
-                f"{' '.join(args)} exited {done.returncode}:\n{tail(log)}\n{self.diagnostics()}"
-            )
-        return done
-
     def _alive_or_raise(self, proc: Proc, what: str) -> None:
         if proc.popen.poll() is not None:
             raise LabError(
@@ -225,7 +154,7 @@ class PrefectLab:
                 if not taken or attempt == tries:
                     raise
             self.procs.remove(server)
-            _kill_group(server.popen, grace_s=5.0)
+            kill_group(server.popen, grace_s=5.0)
             self._use_port(free_port())
         raise AssertionError("unreachable")
 
@@ -372,7 +301,7 @@ class PrefectLab:
         """The pid of the process running the flow run (the worker's ``python -m
         prefect.engine`` child, found by its ``PREFECT__FLOW_RUN_ID``), or None."""
         wanted = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
-        for pid, cmd in marked_processes(self.root).items():
+        for pid, cmd in marked_processes(MARKER, self.root).items():
             if "prefect.engine" not in cmd:
                 continue
             with contextlib.suppress(OSError):
@@ -412,7 +341,7 @@ class PrefectLab:
         worker = [p for p in self.procs if p.name == "worker"]
         others = [p for p in self.procs if p.name != "worker"]
         for proc in worker:  # no new flow runs from here on
-            _kill_group(proc.popen, grace_s=15.0)
+            kill_group(proc.popen, grace_s=15.0)
         if SPOT_WORKFLOWS.exists():  # the local spot cloud (and its jobs), where it exists
             with contextlib.suppress(Exception):
                 self.cli(
@@ -421,8 +350,8 @@ class PrefectLab:
                     timeout_s=60,
                 )
         for proc in others:
-            _kill_group(proc.popen, grace_s=15.0)
-        self.leftovers = sweep(self.root)
+            kill_group(proc.popen, grace_s=15.0)
+        self.leftovers = sweep(MARKER, self.root)
         with contextlib.suppress(Exception):
             self.http.close()
 
@@ -529,65 +458,6 @@ def flow_summary(logs: list[str]) -> dict | None:
             if isinstance(doc, dict) and "matches_uninterrupted_run" in doc:
                 return doc
     return None
-
-
-def _kill_group(popen: subprocess.Popen, *, grace_s: float) -> None:
-    """SIGTERM the process group of ``popen`` (its own session); SIGKILL what is left of it
-    after ``grace_s`` (the leader may exit while members of its group still run)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(popen.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        if popen.poll() is not None and not _group_alive(popen.pid):
-            break
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(popen.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        popen.wait(timeout=5.0)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def marked_processes(root: Path) -> dict[int, str]:
-    """Processes whose environment carries this lab's marker: pid -> command line."""
-    wanted = f"{MARKER}={root}".encode()
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if wanted in (entry / "environ").read_bytes().split(b"\0"):
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                found[int(entry.name)] = cmd.strip()
-        except OSError:
-            continue
-    return found
-
-
-def sweep(root: Path, *, grace_s: float = 5.0) -> list[str]:
-    """End every process started (directly or not) by the lab of ``root`` that still runs."""
-    if not Path("/proc/self/environ").exists():
-        return []
-    found = marked_processes(root)
-    for pid in found:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and set(marked_processes(root)) & set(found):
-        time.sleep(0.1)
-    for pid in marked_processes(root):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-    return [f"{pid} {cmd}" for pid, cmd in sorted(found.items())]
 
 
 def main(argv: list[str]) -> int:

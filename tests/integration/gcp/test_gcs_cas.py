@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import secrets
 import threading
+import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
@@ -171,3 +172,55 @@ def test_eight_writers_never_lose_an_increment(strict, uri):
     assert json.loads(read_versioned(store_at(uri), "counter.json").data) == {"n": 200}
     assert sorted(won) == list(range(1, 201))  # no two writers both won from one state
     assert all(g is not None for _, g in strict.uploads)  # every write was conditional
+
+
+@pytest.mark.parametrize("n", [2, 8])
+def test_runners_of_one_step_at_once_create_one_gcp_batch_job_per_attempt(strict, gcs, batch, n):
+    """Several runners of one step against GCP Batch (the in-process gRPC fake), ledger on GCS
+    with generation preconditions enforced: one CreateJob for the one attempt, in the ledger."""
+    from google.cloud import batch_v1
+
+    from spot_workflows.backends.gcp_batch import GcpBatchBackend
+    from spot_workflows.config import StepSpec
+    from spot_workflows.core.outcomes import Outcome
+    from spot_workflows.ledger import Ledger
+    from spot_workflows.runner import StepRunner
+
+    key = f"gcs-concurrent-{n}-{secrets.token_hex(3)}"
+    spec = StepSpec(
+        key=key, command=["python", "x.py"], image="img", checkpoint_uri=f"gs://spot-ckpt/{key}"
+    )
+    barrier = threading.Barrier(n)
+    results: list[object] = [None] * n
+
+    def run(i: int) -> None:
+        runner = StepRunner(
+            spec=spec,
+            backend=GcpBatchBackend(project="proj", region="us-central1", client=batch.client()),
+            store=CheckpointStore(spec.checkpoint_uri, storage_options=gcs),
+            poll_interval=0.02,
+        )
+        barrier.wait(timeout=60)
+        try:
+            results[i] = runner.run()
+        except Exception as exc:  # reported below
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while batch.count("CreateJob") == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.5)  # every runner has seen the job pending by now
+    for name in list(batch.jobs):
+        batch.set_state(name, batch_v1.JobStatus.State.SUCCEEDED)
+    for t in threads:
+        t.join(timeout=60)
+    assert all(getattr(r, "succeeded", False) for r in results), results
+    assert batch.count("CreateJob") == 1, batch.count("CreateJob")  # what Batch received
+    ledger = Ledger.open(CheckpointStore(spec.checkpoint_uri, storage_options=gcs), key)
+    assert [(a.number, a.outcome, a.job_id) for a in ledger.attempts] == [
+        (1, Outcome.SUCCEEDED, next(iter(batch.jobs)))
+    ]
+    assert all(pre is not None for _, pre in strict.uploads)  # every ledger write was a CAS
