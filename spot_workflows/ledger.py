@@ -59,6 +59,17 @@ class AttemptIsLive(LedgerError):
         self.attempt = attempt
 
 
+class LedgerMoved(LedgerError):
+    """Another runner of the step recorded attempts since this runner decided what to do: the
+    decision is stale (the step may even have succeeded meanwhile); decide again."""
+
+    def __init__(self, seen: int, now: int) -> None:
+        super().__init__(
+            f"the ledger holds {now} attempts, not the {seen} this decision was based on; "
+            "decide again"
+        )
+
+
 class Ledger:
     """Attempts of one step, persisted with compare-and-swap after every change."""
 
@@ -114,14 +125,19 @@ class Ledger:
         now: float,
         resumed_from_step: int | None = None,
         progress: float | None = None,
+        after: int | None = None,
     ) -> Attempt:
         """Record a new attempt, owned by this runner, before it is submitted (write-ahead).
-        Raises :class:`AttemptIsLive` when another runner got there first."""
+        Raises :class:`AttemptIsLive` when another runner got there first, and
+        :class:`LedgerMoved` when ``after`` (the number of attempts the decision to submit was
+        based on) is no longer the number recorded."""
 
         def change(doc: LedgerDoc) -> Attempt:
             last = doc.attempts[-1] if doc.attempts else None
             if last is not None and last.live:
                 raise AttemptIsLive(last)
+            if after is not None and len(doc.attempts) != after:
+                raise LedgerMoved(after, len(doc.attempts))
             number = len(doc.attempts) + 1
             attempt = Attempt(
                 number=number,

@@ -36,7 +36,7 @@ from spot_workflows.errors import (
     StepFailedError,
     StepInterruptedError,
 )
-from spot_workflows.ledger import AttemptIsLive, Ledger
+from spot_workflows.ledger import AttemptIsLive, Ledger, LedgerMoved
 from spot_workflows.runtime.store import CheckpointStore
 
 log = logging.getLogger("spot_workflows.runner")
@@ -288,6 +288,7 @@ class StepRunner:
         if decision.action is Action.SUBMIT:
             assert decision.capacity is not None
             latest = self.store.latest()
+            seen = len(self.ledger.attempts)  # what the decision was based on
             try:
                 attempt = self.ledger.begin(
                     capacity=decision.capacity,
@@ -295,7 +296,10 @@ class StepRunner:
                     now=self.clock(),
                     resumed_from_step=latest.step if latest else None,
                     progress=latest.progress if latest else None,
+                    after=seen,
                 )
+            except LedgerMoved:  # another runner finished or added an attempt: decide again
+                return
             except AttemptIsLive as live:  # another runner of the step won: re-attach to it
                 self._emit(
                     "reattached",

@@ -212,7 +212,7 @@ def gcs_options() -> Iterator[dict]:
         for proto in ("gs", "gcs"):  # the core filesystem (the emulator speaks JSON/HTTP only)
             fsspec.register_implementation(proto, "gcsfs.core.GCSFileSystem", clobber=True)
         try:
-            yield {"token": "anon"}
+            yield {"token": "anon", "endpoint_url": f"http://127.0.0.1:{port}"}
         finally:
             server.stop()
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from spot_workflows.core.outcomes import AttemptState, Capacity, Observation, Outcome
 from spot_workflows.errors import LedgerError
-from spot_workflows.ledger import AttemptIsLive, Ledger
+from spot_workflows.ledger import AttemptIsLive, Ledger, LedgerMoved
 from spot_workflows.runtime.store import CheckpointStore
 
 _memory_ids = itertools.count()
@@ -44,6 +44,22 @@ def test_a_second_runner_cannot_begin_while_the_first_ones_attempt_is_live(store
     assert live.value.attempt.number == 1 and live.value.attempt.owner == a.owner
     assert [x.number for x in Ledger.open(store, "s").attempts] == [1]
     assert b.conflicts == 1  # it lost the race, re-read, and found the live attempt
+
+
+def test_a_decision_made_on_a_stale_ledger_submits_nothing(store):
+    """Runner b decided to submit attempt 1 on an empty ledger; meanwhile a ran attempt 1 to
+    success. b's begin must not append attempt 2 after a succeeded step."""
+    a, b = Ledger.open(store, "s"), Ledger.open(store, "s")
+    seen = len(b.attempts)  # 0: what b's decision was based on
+    first = a.set_job_id(a.begin(capacity=Capacity.SPOT, backend="local", now=0.0), "j1")
+    a.observe(first, done("j1", Outcome.SUCCEEDED))
+    with pytest.raises(LedgerMoved, match="holds 1 attempts, not the 0"):
+        b.begin(capacity=Capacity.SPOT, backend="local", now=1.0, after=seen)
+    assert [(x.number, x.outcome) for x in Ledger.open(store, "s").attempts] == [
+        (1, Outcome.SUCCEEDED)
+    ]
+    again = b.begin(capacity=Capacity.SPOT, backend="local", now=1.0, after=len(b.attempts))
+    assert again.number == 2  # a decision on the current ledger goes through
 
 
 def test_a_stale_observation_never_brings_a_finished_attempt_back(store):

@@ -46,7 +46,9 @@ def gcs():
     for proto in ("gs", "gcs"):
         fsspec.register_implementation(proto, "gcsfs.core.GCSFileSystem", clobber=True)
     try:
-        yield {"token": "anon"}
+        # The endpoint is part of the options so gcsfs's instance cache (keyed by options, not by
+        # STORAGE_EMULATOR_HOST) never hands a later test a client for an earlier test's server.
+        yield {"token": "anon", "endpoint_url": f"http://127.0.0.1:{port}"}
     finally:
         server.stop()
         if old is None:

@@ -93,19 +93,23 @@ def uri(gcs) -> str:
     return f"gs://spot-ckpt/cas/{secrets.token_hex(4)}"
 
 
-def store_at(uri: str) -> CheckpointStore:
-    """A store with its own gcsfs client, like another process."""
-    return CheckpointStore(uri, storage_options={"token": "anon", "skip_instance_cache": True})
+@pytest.fixture
+def store_at(gcs):
+    def make(uri: str) -> CheckpointStore:
+        """A store with its own gcsfs client, like another process."""
+        return CheckpointStore(uri, storage_options={**gcs, "skip_instance_cache": True})
+
+    return make
 
 
-def test_the_plain_emulator_ignores_generation_preconditions(uri):
+def test_the_plain_emulator_ignores_generation_preconditions(uri, store_at):
     store = store_at(uri)
     write_if(store, LEDGER, b"one", expected=None)
     write_if(store, LEDGER, b"two", expected=None)  # GCS would answer 412 here
     assert read_versioned(store, LEDGER).data == b"two"
 
 
-def test_create_if_absent_succeeds_once(strict, uri):
+def test_create_if_absent_succeeds_once(strict, uri, store_at):
     store = store_at(uri)
     assert read_versioned(store, LEDGER) == Versioned(None, None)
     version = write_if(store, LEDGER, b'{"a": 1}', expected=None)
@@ -118,7 +122,7 @@ def test_create_if_absent_succeeds_once(strict, uri):
     assert strict.pinned == (0 if strict.header else 1)  # the read used the header if it came
 
 
-def test_a_stale_generation_conflicts_and_leaves_the_object_unchanged(strict, uri):
+def test_a_stale_generation_conflicts_and_leaves_the_object_unchanged(strict, uri, store_at):
     store, other = store_at(uri), store_at(uri)
     v1 = write_if(store, LEDGER, b"one", expected=None)
     v2 = write_if(other, LEDGER, b"two", expected=read_versioned(other, LEDGER).version)
@@ -133,7 +137,7 @@ def test_a_stale_generation_conflicts_and_leaves_the_object_unchanged(strict, ur
     assert read_versioned(store, LEDGER) == Versioned(None, None)
 
 
-def test_eight_writers_never_lose_an_increment(strict, uri):
+def test_eight_writers_never_lose_an_increment(strict, uri, store_at):
     conflicts: list[int] = []
     won: list[int] = []  # the value each successful write stored
     start = threading.Barrier(8)
@@ -217,7 +221,8 @@ def test_runners_of_one_step_at_once_create_one_gcp_batch_job_per_attempt(strict
         batch.set_state(name, batch_v1.JobStatus.State.SUCCEEDED)
     for t in threads:
         t.join(timeout=60)
-    assert all(getattr(r, "succeeded", False) for r in results), results
+    failed = {i: r for i, r in enumerate(results) if not getattr(r, "succeeded", False)}
+    assert failed == {}, f"runners that did not succeed (None: still running): {failed}"
     assert batch.count("CreateJob") == 1, batch.count("CreateJob")  # what Batch received
     ledger = Ledger.open(CheckpointStore(spec.checkpoint_uri, storage_options=gcs), key)
     assert [(a.number, a.outcome, a.job_id) for a in ledger.attempts] == [

@@ -14,7 +14,9 @@ from spot_workflows.runtime.store import CheckpointStore, CheckpointWarning
 
 @pytest.fixture
 def store(gcs) -> CheckpointStore:
-    return CheckpointStore(f"gs://spot-ckpt/t/{secrets.token_hex(4)}", storage_options=gcs)
+    store = CheckpointStore(f"gs://spot-ckpt/t/{secrets.token_hex(4)}", storage_options=gcs)
+    store._opts = gcs  # for a second client on the same emulator
+    return store
 
 
 def test_save_latest_and_read_back(store):
@@ -24,7 +26,7 @@ def test_save_latest_and_read_back(store):
     latest = store.latest()
     assert (latest.step, latest.progress, latest.metadata) == (2, 0.2, {"epoch": 2})
     assert store.read_file(latest, "model.bin") == b"two"
-    first = CheckpointStore(store.uri, storage_options={"token": "anon"})._load_manifest(1)
+    first = CheckpointStore(store.uri, storage_options=store._opts)._load_manifest(1)
     assert store.read_file(first, "optim/state.bin") == b"x" * 5000
 
 
@@ -55,5 +57,5 @@ def test_ledger_round_trips_on_gcs(store):
     ledger = Ledger.open(store, "gcs-step")
     attempt = ledger.begin(capacity=Capacity.SPOT, backend="gcp-batch", now=time.time())
     ledger.set_job_id(attempt, "projects/p/locations/r/jobs/x")
-    again = Ledger.open(CheckpointStore(store.uri, storage_options={"token": "anon"}), "gcs-step")
+    again = Ledger.open(CheckpointStore(store.uri, storage_options=store._opts), "gcs-step")
     assert again.live is not None and again.live.job_id == "projects/p/locations/r/jobs/x"
