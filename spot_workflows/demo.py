@@ -20,6 +20,7 @@ from spot_workflows.backends.local import LocalBackend
 from spot_workflows.config import SpotPolicy, StepSpec
 from spot_workflows.core.cost import step_cost
 from spot_workflows.core.outcomes import Attempt, Capacity, Outcome
+from spot_workflows.core.summary import attempt_row
 from spot_workflows.examples import toy_train
 from spot_workflows.pricing import load_catalog
 from spot_workflows.report import summary
@@ -65,15 +66,10 @@ def attempts_report(result: RunResult, backend: LocalBackend) -> list[dict]:
             lost = max(0, reached - (nxt.resumed_from_step or 0))
         rows.append(
             {
-                "attempt": a.number,
-                "capacity": a.capacity.value,
-                "outcome": a.outcome.value if a.outcome else None,
-                "job_id": a.job_id,
+                **attempt_row(a),
                 "resumed_from_step": a.resumed_from_step or 0,
                 "reached_step": reached,
                 "steps_lost": lost,
-                "exit_code": a.exit_code,
-                "seconds": round(a.run_seconds(), 2),
             }
         )
     return rows
@@ -153,7 +149,7 @@ def run_demo(
         "checkpoint_uri": spec.checkpoint_uri,
         "workdir": str(workdir),
         "attempts": rows,
-        "preemptions": len(preempted),
+        "preemptions": result.summary.preemptions,
         "steps_lost_total": sum(r["steps_lost"] or 0 for r in preempted),
         "escalated": result.escalated,
         "final_capacity": rows[-1]["capacity"],

@@ -78,3 +78,23 @@ class StepInterruptedError(SpotWorkflowsError):
 class WriteConflictError(SpotWorkflowsError):
     """A compare-and-swap write found the object changed by another writer since it was read;
     nothing was written. Re-read the object, re-apply the change and write again."""
+
+
+def describe_invalid(exc: object, what: str, *, limit: int = 3) -> str:
+    """One line for a pydantic ``ValidationError``: ``field: message (got value)`` for the first
+    ``limit`` problems; ``what`` names the thing when an error has no field."""
+    parts = []
+    for err in exc.errors()[:limit]:  # type: ignore[attr-defined]
+        field = ".".join(str(p) for p in err["loc"]) or what
+        got = err.get("input")
+        shown = repr(got) if not isinstance(got, dict) else "{...}"
+        parts.append(f"{field}: {err['msg']} (got {shown[:80]})")
+    return "; ".join(parts)
+
+
+def config_error(exc: object, what: str, *, hint: str = "") -> ConfigError:
+    """The :class:`ConfigError` for a pydantic ``ValidationError`` raised while building
+    ``what`` (a step, a policy, a connection's extras): one line naming the field and the
+    accepted range; ``hint`` says where the fields are documented. Raise it ``from None``."""
+    message = f"invalid {what}: {describe_invalid(exc, what)}"
+    return ConfigError(f"{message}; {hint}" if hint else message)

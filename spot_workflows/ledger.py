@@ -285,18 +285,33 @@ _LIVE_FIELDS = frozenset(
 )
 
 
-def _load(store: CheckpointStore, step_key: str) -> tuple[LedgerDoc, str | None]:
+def read_attempts(store: CheckpointStore) -> list[Attempt] | None:
+    """The attempts recorded in the ledger under ``store`` (None: no ledger yet), read-only, for
+    readers that do not know the step key (a worker's checkpointer). The one reader of the ledger
+    format besides :class:`Ledger`; raises :class:`LedgerError` when it is unreadable."""
     found = read_versioned(store, LEDGER_PATH)
     if found.data is None:
-        return LedgerDoc(step_key=step_key), None
+        return None
+    return list(_parse(store, found.data).attempts)
+
+
+def _parse(store: CheckpointStore, data: bytes) -> LedgerDoc:
     try:
-        doc = LedgerDoc.model_validate(json.loads(found.data))
+        doc = LedgerDoc.model_validate(json.loads(data))
     except (ValueError, ValidationError) as exc:
         raise LedgerError(
             f"ledger {store.uri}/{LEDGER_PATH} is unreadable ({exc.__class__.__name__}: "
             f"{str(exc)[:200]}); move it aside to start the step afresh, or restore it from "
             "a backup -- spot-workflows will not guess which jobs are live"
         ) from exc
+    return doc
+
+
+def _load(store: CheckpointStore, step_key: str) -> tuple[LedgerDoc, str | None]:
+    found = read_versioned(store, LEDGER_PATH)
+    if found.data is None:
+        return LedgerDoc(step_key=step_key), None
+    doc = _parse(store, found.data)
     if doc.step_key != step_key:
         raise LedgerError(
             f"ledger {store.uri}/{LEDGER_PATH} belongs to step {doc.step_key!r}, not "

@@ -14,7 +14,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from spot_workflows.backends.base import Backend
 from spot_workflows.config import SpotPolicy, StepSpec
@@ -24,11 +24,15 @@ from spot_workflows.core.outcomes import (
     Action,
     Attempt,
     AttemptState,
+    Cancel,
     Decision,
+    Fail,
     FailCause,
     Outcome,
+    Submit,
 )
 from spot_workflows.core.planner import decide
+from spot_workflows.core.summary import StepSummary
 from spot_workflows.errors import (
     BudgetExceededError,
     DeadlineInfeasibleError,
@@ -57,11 +61,18 @@ class RunResult:
     step_key: str
     attempts: list[Attempt]
     decision: Decision
-    escalated: bool = field(default=False)
 
     @property
     def succeeded(self) -> bool:
         return self.decision.action is Action.SUCCEED
+
+    @property
+    def summary(self) -> StepSummary:
+        return StepSummary.of(self.step_key, self.attempts)
+
+    @property
+    def escalated(self) -> bool:
+        return self.summary.escalated
 
 
 DEFAULT_STOP_LATENCY_S = 30.0
@@ -154,7 +165,7 @@ class StepRunner:
                     continue
                 if decision.action is Action.SUCCEED:
                     return self.result(decision)
-                if decision.action is Action.FAIL:
+                if isinstance(decision, Fail):
                     error = _FAIL_ERRORS.get(decision.cause, StepFailedError)
                     raise error(decision.reason, step_key=self.spec.key)
         except KeyboardInterrupt:
@@ -193,19 +204,22 @@ class StepRunner:
         """Reconcile the live attempt with the backend, decide, and carry out the decision
         (everything except waiting). Returns the decision taken."""
         self.reconcile()
-        now = self.clock()
-        attempts = self.ledger.attempts
-        decision = decide(
-            attempts,
-            self.policy,
-            now=now,
-            spent_usd=spent_usd(attempts, self.policy, now),
-            outlook=self._outlook(now),
-        )
+        decision = self.plan(tick=True)
         self.execute(decision)
         return decision
 
-    def _outlook(self, now: float) -> Outlook:
+    def plan(self, *, tick: bool = False) -> Decision:
+        """The planner's answer for the ledger as this runner last read it: no backend call,
+        nothing carried out (e.g. when to look again after a submit). ``tick``: this is a
+        decision tick (it counts towards the measured decision period)."""
+        now = self.clock()
+        attempts = self.ledger.attempts
+        spent = spent_usd(attempts, self.policy, now)
+        return decide(
+            attempts, self.policy, now=now, spent_usd=spent, outlook=self._outlook(now, tick)
+        )
+
+    def _outlook(self, now: float, tick: bool) -> Outlook:
         """Planner inputs beyond the ledger: checkpoint progress (deadline-aware policies only:
         it reads the store) and how often the planner really runs (poll interval or the measured
         period, whichever is longer). Restart overhead, deadline and spend are derived from the
@@ -213,7 +227,8 @@ class StepRunner:
         period = self.poll_interval
         if self._last_tick_at is not None:
             period = max(period, now - self._last_tick_at)
-        self._last_tick_at = now
+        if tick:
+            self._last_tick_at = now
         progress = available = since = None
         if self.policy.deadline_s is not None:
             latest = self.store.latest()
@@ -232,11 +247,7 @@ class StepRunner:
         )
 
     def result(self, decision: Decision) -> RunResult:
-        attempts = list(self.ledger.attempts)
-        escalated = any(a.capacity.value == "ON_DEMAND" for a in attempts) and any(
-            a.capacity.value == "SPOT" for a in attempts
-        )
-        return RunResult(self.spec.key, attempts, decision, escalated)
+        return RunResult(self.spec.key, list(self.ledger.attempts), decision)
 
     # -- steps -------------------------------------------------------------------------------
     def reconcile(self) -> None:
@@ -285,8 +296,7 @@ class StepRunner:
             )
 
     def execute(self, decision: Decision) -> None:
-        if decision.action is Action.SUBMIT:
-            assert decision.capacity is not None
+        if isinstance(decision, Submit):
             latest = self.store.latest()
             seen = len(self.ledger.attempts)  # what the decision was based on
             try:
@@ -310,9 +320,9 @@ class StepRunner:
             if decision.escalated:
                 self._emit("escalated", attempt, decision.reason)
             self._submit_recorded(attempt)
-        elif decision.action is Action.CANCEL:
+        elif isinstance(decision, Cancel):
             live = self.ledger.live
-            assert live is not None and live.job_id is not None and decision.outcome is not None
+            assert live is not None and live.job_id is not None  # the planner cancels live jobs
             # write-ahead: a re-run after a crash past the cancel records what was meant here
             live = self.ledger.update(live, stopping=decision.outcome, reason=decision.reason)
             cancelled_at = self.clock()

@@ -43,7 +43,6 @@ from spot_workflows.airflow.steps import (
     default_step_key,
     is_templated,
     parse_policy,
-    replans_while_live,
     step_summary,
     stop_as_watcher,
     watch_attempt,
@@ -52,7 +51,7 @@ from spot_workflows.airflow.steps import (
 from spot_workflows.airflow.triggers import SpotJobTrigger, settle_deadline
 from spot_workflows.config import SpotPolicy, StepSpec
 from spot_workflows.core.classify import CANCEL_REASON_PREFIX
-from spot_workflows.core.outcomes import Action, Attempt, AttemptState, Capacity, Decision
+from spot_workflows.core.outcomes import Action, Attempt, Decision, Wait
 from spot_workflows.errors import ConfigError, LedgerError, NotFoundError
 from spot_workflows.ledger import Ledger
 from spot_workflows.runner import RunnerEvent, StepRunner, market_probe
@@ -232,7 +231,7 @@ class SpotStepOperator(BaseOperator):
         while decision.action in (Action.SUBMIT, Action.WAIT):
             self._watch(runner, watcher)
             if self.deferrable:
-                self._defer_on_live(runner, policy, watcher)  # raises TaskDeferred
+                self._defer_on_live(runner, decision, watcher)  # raises TaskDeferred
             decision = self._wait_in_task(runner, backend, watcher)
             self._push_console_link(hook, runner, ti)
         attempts = runner.ledger.attempts
@@ -322,21 +321,14 @@ class SpotStepOperator(BaseOperator):
             raise AirflowFailException(f"{self.task_id}: {exc}") from exc
         return decision
 
-    def _defer_on_live(self, runner: StepRunner, policy: SpotPolicy, watcher: str) -> None:
+    def _defer_on_live(self, runner: StepRunner, decision: Decision, watcher: str) -> None:
         live = runner.ledger.live
         if live is None or live.job_id is None:  # the runner always leaves one after SUBMIT/WAIT
             raise AirflowException(f"step {runner.spec.key}: no live attempt to wait on")
-        wake_at = None
-        timeout = (
-            policy.capacity_timeout_s
-            if live.capacity is Capacity.SPOT
-            else policy.on_demand_capacity_timeout_s
-        )
-        if live.state is AttemptState.PENDING and timeout is not None:
-            wake_at = live.submitted_at + timeout
-        if replans_while_live(policy):
-            replan_at = time.time() + self.replan_interval
-            wake_at = replan_at if wake_at is None else min(wake_at, replan_at)
+        # when the planner wants to look again although the job did not change (a capacity
+        # timeout, a deadline or budget tick); after a submit, ask it about the new attempt
+        wait = decision if isinstance(decision, Wait) else runner.plan()
+        wake_at = wait.recheck_at if isinstance(wait, Wait) else None
         self.log.info(
             "deferring on attempt %d (%s, job %s)", live.number, live.capacity.value, live.job_id
         )

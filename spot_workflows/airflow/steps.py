@@ -24,10 +24,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from spot_workflows.config import SpotPolicy, StepSpec
-from spot_workflows.core.escalation import get_strategy, is_live, resolve
-from spot_workflows.core.outcomes import Attempt, Capacity, Decision, Outcome
+from spot_workflows.core.escalation import get_strategy, resolve
+from spot_workflows.core.outcomes import Attempt, Decision, Outcome
 from spot_workflows.core.planner import describe_history
-from spot_workflows.errors import ConfigError
+from spot_workflows.core.summary import StepSummary
+from spot_workflows.errors import ConfigError, config_error
 from spot_workflows.ledger import Ledger
 
 RESOURCE_FIELDS = ("image", "vcpus", "memory_mib", "gpus", "instance_types", "timeout_s")
@@ -62,14 +63,6 @@ def default_step_key(*, dag_id: str, task_id: str, run_id: str, map_index: int =
     return key
 
 
-def _first_errors(exc: ValidationError, what: str) -> str:
-    parts = []
-    for err in exc.errors()[:3]:
-        field = ".".join(str(p) for p in err["loc"]) or what
-        parts.append(f"{field}: {err['msg']} (got {err.get('input')!r})")
-    return "; ".join(parts)
-
-
 def _mapping(value: Any, what: str) -> dict:
     """A dict from a dict, a JSON string or a Python-literal string (how Jinja renders a dict)."""
     if isinstance(value, Mapping):
@@ -98,21 +91,14 @@ def parse_policy(value: SpotPolicy | Mapping | str | None) -> SpotPolicy:
     try:
         policy = SpotPolicy.model_validate(_mapping(value, "policy"))
     except ValidationError as exc:
-        raise ConfigError(
-            f"invalid spot policy: {_first_errors(exc, 'policy')}; see SpotPolicy in "
-            "docs/concepts.md for the fields and their ranges"
+        raise config_error(
+            exc,
+            "spot policy",
+            hint="see SpotPolicy in docs/concepts.md for the fields and their ranges",
         ) from None
     if "strategy" in policy.model_fields_set:  # a misspelt strategy fails here, not later
         get_strategy(resolve(policy))
     return policy
-
-
-def replans_while_live(policy: SpotPolicy) -> bool:
-    """Whether the planner must look at a live attempt now and then (budget cap, or a
-    deadline-aware strategy), not only when the attempt ends."""
-    if policy.budget_usd is not None:
-        return True
-    return policy.deadline_s is not None and is_live(resolve(policy))
 
 
 def parse_command(value: Sequence[str] | str) -> list[str]:
@@ -156,19 +142,7 @@ def build_spec(
             **extra,
         )
     except ValidationError as exc:
-        raise ConfigError(f"invalid step: {_first_errors(exc, 'step')}") from None
-
-
-def _attempt_row(a: Attempt) -> dict[str, Any]:
-    return {
-        "attempt": a.number,
-        "capacity": a.capacity.value,
-        "outcome": a.outcome.value if a.outcome else a.state.value,
-        "job_id": a.job_id,
-        "exit_code": a.exit_code,
-        "resumed_from_step": a.resumed_from_step,
-        "seconds": round(a.run_seconds(), 2),
-    }
+        raise config_error(exc, "step") from None
 
 
 def step_summary(
@@ -187,7 +161,7 @@ def step_summary(
     from spot_workflows.report import summary
 
     cost = summary(step_cost(spec.key, attempts, load_catalog(), now=time.time()))
-    capacities = [a.capacity.value for a in attempts]
+    steps = StepSummary.of(spec.key, attempts)
     return {
         "step_key": spec.key,
         "checkpoint_uri": spec.checkpoint_uri,
@@ -196,11 +170,12 @@ def step_summary(
         "succeeded": decision.action.value == "SUCCEED",
         "reason": decision.reason,
         "history": describe_history(attempts),
-        "attempts": [_attempt_row(a) for a in attempts],
-        "capacities": capacities,
-        "outcomes": [a.outcome.value if a.outcome else None for a in attempts],
-        "escalated": Capacity.SPOT.value in capacities and Capacity.ON_DEMAND.value in capacities,
-        "final_capacity": capacities[-1] if capacities else None,
+        "attempts": steps.rows(),
+        "capacities": steps.capacities,
+        "outcomes": steps.outcomes,
+        "preemptions": steps.preemptions,
+        "escalated": steps.escalated,
+        "final_capacity": steps.capacities[-1] if attempts else None,
         "cost_usd": cost["total_usd"] if not cost["unpriced"] else None,
         "cost": cost,
         "console_url": console_url,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -139,36 +140,77 @@ class FailCause(StrEnum):
 
 
 class Decision(BaseModel):
-    """What to do next. The planner returns it; the runner / operator / task carries it out."""
+    """What to do next. The planner returns one of its subclasses -- :class:`Submit`,
+    :class:`Wait`, :class:`Cancel`, :class:`Succeed`, :class:`Fail` -- each with only the fields
+    its action needs; the runner / operator / task carries it out (``match`` on the type, or
+    compare ``action``)."""
 
     model_config = ConfigDict(frozen=True)
 
     action: Action
-    capacity: Capacity | None = None
-    outcome: Outcome | None = None  # with CANCEL: the outcome to record for the cancelled attempt
     reason: str = ""
+
+    @classmethod
+    def submit(cls, capacity: Capacity, reason: str, *, escalated: bool = False) -> Submit:
+        return Submit(capacity=capacity, reason=reason, escalated=escalated)
+
+    @classmethod
+    def wait(cls, reason: str = "attempt is live", *, recheck_at: float | None = None) -> Wait:
+        return Wait(reason=reason, recheck_at=recheck_at)
+
+    @classmethod
+    def cancel(cls, outcome: Outcome, reason: str) -> Cancel:
+        return Cancel(outcome=outcome, reason=reason)
+
+    @classmethod
+    def succeed(cls, reason: str = "attempt succeeded") -> Succeed:
+        return Succeed(reason=reason)
+
+    @classmethod
+    def fail(cls, reason: str, *, cause: FailCause | None = None) -> Fail:
+        return Fail(reason=reason, cause=cause)
+
+
+class Submit(Decision):
+    """Submit a new attempt on ``capacity``."""
+
+    action: Literal[Action.SUBMIT] = Action.SUBMIT
+    capacity: Capacity
     escalated: bool = False  # this decision moves the step from SPOT to ON_DEMAND
-    cause: FailCause | None = None  # with FAIL: budget or deadline, when one of them is the reason
 
-    @classmethod
-    def submit(cls, capacity: Capacity, reason: str, *, escalated: bool = False) -> Decision:
-        return cls(action=Action.SUBMIT, capacity=capacity, reason=reason, escalated=escalated)
 
-    @classmethod
-    def wait(cls, reason: str = "attempt is live") -> Decision:
-        return cls(action=Action.WAIT, reason=reason)
+class Wait(Decision):
+    """Keep watching the live attempt. ``recheck_at`` (epoch seconds): when to ask the planner
+    again even if the attempt does not change -- a capacity timeout expires then, or the policy
+    reasons about time (deadline, budget) and wants its next tick. ``None``: only a change of
+    the attempt (it starts, ends, or is reclaimed) can change this answer."""
 
-    @classmethod
-    def cancel(cls, outcome: Outcome, reason: str) -> Decision:
-        return cls(action=Action.CANCEL, outcome=outcome, reason=reason)
+    action: Literal[Action.WAIT] = Action.WAIT
+    recheck_at: float | None = None
 
-    @classmethod
-    def succeed(cls, reason: str = "attempt succeeded") -> Decision:
-        return cls(action=Action.SUCCEED, reason=reason)
 
-    @classmethod
-    def fail(cls, reason: str, *, cause: FailCause | None = None) -> Decision:
-        return cls(action=Action.FAIL, reason=reason, cause=cause)
+class Cancel(Decision):
+    """Cancel the live attempt and record ``outcome`` for it (e.g. NO_CAPACITY, STOPPED)."""
+
+    action: Literal[Action.CANCEL] = Action.CANCEL
+    outcome: Outcome
+
+
+class Succeed(Decision):
+    """The step is done: its last attempt succeeded."""
+
+    action: Literal[Action.SUCCEED] = Action.SUCCEED
+
+
+class Fail(Decision):
+    """The step failed for good; ``cause`` says when budget or deadline is the reason."""
+
+    action: Literal[Action.FAIL] = Action.FAIL
+    cause: FailCause | None = None
+
+
+AnyDecision = Annotated[Submit | Wait | Cancel | Succeed | Fail, Field(discriminator="action")]
+"""A decision of any type, for models that hold one (validated back to its own type)."""
 
 
 RESERVED_EXIT_CODE = 75

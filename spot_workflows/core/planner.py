@@ -145,7 +145,13 @@ def decide(
 
     last = attempts[-1]
     if last.state is not AttemptState.DONE:
-        return _decide_live(last, history, policy, strategy, live_strategy, now, spent_usd, window)
+        tick_s = outlook.tick_s if outlook is not None else None
+        periodic = live_strategy or (policy.budget_usd is not None and spent_usd is not None)
+        return _decide_live(
+            last, history, policy, strategy, now, spent_usd, window,
+            live_strategy=live_strategy,
+            every=tick_s if periodic else None,
+        )  # fmt: skip
 
     outcome = last.outcome
     if outcome is Outcome.SUCCEEDED:
@@ -200,11 +206,16 @@ def _decide_live(
     history: History,
     policy: SpotPolicy,
     strategy: Strategy,
-    live_strategy: bool,
     now: float,
     spent_usd: float | None,
     window: float,
+    *,
+    live_strategy: bool,
+    every: float | None,
 ) -> Decision:
+    """``every``: the policy reasons about time (deadline strategy, budget cap): a WAIT asks to
+    be rechecked one decision tick later."""
+    periodic = now + every if every is not None else None
     if live.job_id is None:  # recorded but not yet submitted: the runner resolves it first
         return Decision.wait(f"attempt {live.number} is being submitted")
     running = live.state is AttemptState.RUNNING
@@ -226,7 +237,7 @@ def _decide_live(
                 f"leaving {live.capacity.value} attempt {live.number}: {choice.reason}",
             )
         if live.capacity is Capacity.SPOT:  # the strategy, not the capacity timeout, decides
-            return Decision.wait(choice.reason)
+            return Decision.wait(choice.reason, recheck_at=periodic)
         wait_reason = choice.reason
     timeout = _capacity_timeout(policy, live.capacity)
     if (
@@ -239,7 +250,11 @@ def _decide_live(
             f"{live.capacity.value} attempt {live.number} got no capacity in "
             f"{now - live.submitted_at:.0f}s (capacity timeout {timeout:.0f}s)",
         )
-    return Decision.wait(wait_reason)
+    expires = None
+    if live.state is AttemptState.PENDING and timeout is not None:
+        expires = live.submitted_at + timeout
+    due = [t for t in (expires, periodic) if t is not None]
+    return Decision.wait(wait_reason, recheck_at=min(due) if due else None)
 
 
 def _infeasible(policy: SpotPolicy, sit: Situation | None) -> Decision | None:

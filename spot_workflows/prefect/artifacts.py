@@ -17,7 +17,8 @@ from uuid import UUID
 from prefect.artifacts import create_markdown_artifact
 
 from spot_workflows.core.cost import StepCost, step_cost
-from spot_workflows.core.outcomes import Attempt, Capacity, Outcome
+from spot_workflows.core.outcomes import Attempt
+from spot_workflows.core.summary import StepSummary
 from spot_workflows.errors import ConfigError
 from spot_workflows.pricing import load_catalog
 
@@ -99,9 +100,7 @@ def ledger_markdown(
     status: str,
     cost: StepCost | None = None,
 ) -> str:
-    preempted = sum(a.outcome is Outcome.PREEMPTED for a in attempts)
-    on_demand = any(a.capacity is Capacity.ON_DEMAND for a in attempts)
-    spot = any(a.capacity is Capacity.SPOT for a in attempts)
+    steps = StepSummary.of(step_key, attempts)
     costs = {c.number: c.cost_usd for c in cost.attempts} if cost is not None else {}
     lines = [
         f"# Spot step `{step_key}`",
@@ -109,8 +108,8 @@ def ledger_markdown(
         f"**Status:** {_cell(status, limit=None)}  ",
         f"**Backend:** {backend}  ",
         f"**Checkpoints:** `{checkpoint_uri}`  ",
-        f"**Attempts:** {len(attempts)}, preempted {preempted}, "
-        f"escalated to on-demand: {'yes' if on_demand and spot else 'no'}  ",
+        f"**Attempts:** {len(attempts)}, preempted {steps.preemptions}, "
+        f"escalated to on-demand: {'yes' if steps.escalated else 'no'}  ",
         f"**Estimated cost:** {_cell(cost_line(cost), limit=None)}",
         "",
         "| " + " | ".join(COLUMNS) + " |",

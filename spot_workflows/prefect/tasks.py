@@ -28,15 +28,17 @@ from prefect.context import FlowRunContext
 from prefect.exceptions import MissingContextError
 from prefect.futures import PrefectFuture
 from prefect.logging import get_run_logger
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from spot_workflows.backends.base import Backend
 from spot_workflows.config import SpotPolicy, StepSpec, validate_step_key
-from spot_workflows.core.outcomes import Attempt, Capacity, Outcome
-from spot_workflows.errors import ConfigError, StepFailedError
+from spot_workflows.core.outcomes import Attempt, Capacity
+from spot_workflows.core.summary import StepSummary
+from spot_workflows.errors import ConfigError, StepFailedError, config_error
 from spot_workflows.prefect.artifacts import publish_step_artifact
 from spot_workflows.prefect.blocks import SpotBackendBlock, SpotPolicyBlock
 from spot_workflows.prefect.events import StepEventEmitter
+from spot_workflows.prefect.options import StepOptions
 from spot_workflows.runner import RunnerEvent, StepRunner, market_probe
 
 P = ParamSpec("P")
@@ -54,17 +56,20 @@ class SpotStepResult(BaseModel):
     attempts: list[Attempt]
 
     @property
+    def summary(self) -> StepSummary:
+        return StepSummary.of(self.step_key, self.attempts)
+
+    @property
     def final_capacity(self) -> Capacity:
         return self.attempts[-1].capacity
 
     @property
     def preemptions(self) -> int:
-        return sum(a.outcome is Outcome.PREEMPTED for a in self.attempts)
+        return self.summary.preemptions
 
     @property
     def escalated(self) -> bool:
-        caps = {a.capacity for a in self.attempts}
-        return caps == {Capacity.SPOT, Capacity.ON_DEMAND}
+        return self.summary.escalated
 
 
 # -- step keys ---------------------------------------------------------------------------------
@@ -267,7 +272,10 @@ def build_spec(
                 "(a block derives it from its checkpoint_root)"
             )
         fields["checkpoint_uri"] = backend.checkpoint_uri_for(key)
-    return StepSpec(**fields)
+    try:
+        return StepSpec(**fields)
+    except ValidationError as exc:
+        raise config_error(exc, f"step {key!r}") from None
 
 
 class SpotTask(Generic[P]):
@@ -276,57 +284,46 @@ class SpotTask(Generic[P]):
     Calling it inside a flow runs the step as a Prefect task named after the function and returns
     a :class:`SpotStepResult`; ``.submit(...)`` returns a Prefect future instead. The function
     itself runs in the flow when called: it should only build the command (a list of strings) or
-    a mapping of :class:`~spot_workflows.StepSpec` fields.
+    a mapping of :class:`~spot_workflows.StepSpec` fields. Keyword arguments: the
+    :class:`StepOptions` (``backend``, ``policy``, ``name``, ``key``, ``retries``, ...), or
+    ``options=StepOptions(...)``; ``step_fields``: StepSpec defaults.
     """
 
     def __init__(
         self,
         fn: Callable[P, Sequence[str] | Mapping[str, Any]],
         *,
-        backend: BackendLike,
-        policy: PolicyLike = None,
-        name: str | None = None,
-        key: str | None = None,
-        retries: int = 0,
-        retry_delay_seconds: float = 0,
-        tags: Sequence[str] = (),
-        poll_interval: float = 1.0,
-        on_event: Callable[[RunnerEvent], None] | None = None,
-        artifact: bool = True,
+        options: StepOptions | None = None,
         step_fields: Mapping[str, Any] | None = None,
+        **option_kwargs: Any,
     ) -> None:
+        if options is None:
+            options = StepOptions(**option_kwargs)
+        elif option_kwargs:
+            raise ConfigError(f"pass options= or {', '.join(option_kwargs)}, not both")
         self.fn = fn
-        self.name = name or getattr(fn, "__name__", "spot-step")
-        self.key = key
-        self.backend = backend
-        self.policy = policy
-        self.poll_interval = poll_interval
-        self.on_event = on_event
-        self.artifact = artifact
+        self.options = options
+        self.name = options.name or getattr(fn, "__name__", "spot-step")
         self.step_fields = dict(step_fields or {})
-        self.task = spot_step.with_options(
-            name=self.name,
-            retries=retries,
-            retry_delay_seconds=retry_delay_seconds,
-            tags=set(tags),
-        )
+        self.task = spot_step.with_options(**options.task_options(self.name))
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
 
     def _call_kwargs(self, *args: P.args, **kwargs: P.kwargs) -> dict[str, Any]:
-        key = derive_step_key(name=self.name, key=self.key)
+        opts = self.options
+        key = derive_step_key(name=self.name, key=opts.key)
         spec = build_spec(
             produced=self.fn(*args, **kwargs),
             key=key,
-            backend=self.backend,
+            backend=opts.backend,
             step_fields=self.step_fields,
         )
         return {
             "spec": spec,
-            "backend": self.backend,
-            "policy": self.policy,
-            "poll_interval": self.poll_interval,
-            "on_event": self.on_event,
-            "artifact": self.artifact,
+            "backend": opts.backend,
+            "policy": opts.policy,
+            "poll_interval": opts.poll_interval,
+            "on_event": opts.on_event,
+            "artifact": opts.artifact,
         }
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> SpotStepResult:
@@ -337,40 +334,20 @@ class SpotTask(Generic[P]):
 
 
 def spot_task(
-    *,
-    backend: BackendLike,
-    policy: PolicyLike = None,
-    name: str | None = None,
-    key: str | None = None,
-    retries: int = 0,
-    retry_delay_seconds: float = 0,
-    tags: Sequence[str] = (),
-    poll_interval: float = 1.0,
-    on_event: Callable[[RunnerEvent], None] | None = None,
-    artifact: bool = True,
-    **step_fields: Any,
+    *, backend: BackendLike, policy: PolicyLike = None, **kwargs: Any
 ) -> Callable[[Callable[P, Sequence[str] | Mapping[str, Any]]], SpotTask[P]]:
     """Decorator: the function returns the step's command; calling it runs the step on spot.
 
-    ``step_fields`` are :class:`~spot_workflows.StepSpec` fields (``gpus``, ``image``, ``env``,
-    ``checkpoint_uri``, ...) used unless the function's mapping overrides them.
+    Keyword arguments are the :class:`StepOptions` (``name``, ``key``, ``retries``,
+    ``retry_delay_seconds``, ``tags``, ``poll_interval``, ``on_event``, ``artifact``); every
+    other keyword is a :class:`~spot_workflows.StepSpec` field (``gpus``, ``image``, ``env``,
+    ``checkpoint_uri``, ...) used unless the function's mapping overrides it. Bad options fail
+    here, when the flow is defined.
     """
+    options, step_fields = StepOptions.split(backend=backend, policy=policy, **kwargs)
 
     def wrap(fn: Callable[P, Sequence[str] | Mapping[str, Any]]) -> SpotTask[P]:
-        return SpotTask(
-            fn,
-            backend=backend,
-            policy=policy,
-            name=name,
-            key=key,
-            retries=retries,
-            retry_delay_seconds=retry_delay_seconds,
-            tags=tags,
-            poll_interval=poll_interval,
-            on_event=on_event,
-            artifact=artifact,
-            step_fields=step_fields,
-        )
+        return SpotTask(fn, options=options, step_fields=step_fields)
 
     return wrap
 
@@ -381,28 +358,10 @@ def run_spot_step(
     backend: BackendLike,
     policy: PolicyLike = None,
     name: str = "spot-step",
-    key: str | None = None,
-    retries: int = 0,
-    retry_delay_seconds: float = 0,
-    tags: Sequence[str] = (),
-    poll_interval: float = 1.0,
-    on_event: Callable[[RunnerEvent], None] | None = None,
-    artifact: bool = True,
-    **step_fields: Any,
+    **kwargs: Any,
 ) -> SpotStepResult:
-    """Run ``command`` as a spot step now (a Prefect task run when called inside a flow)."""
+    """Run ``command`` as a spot step now (a Prefect task run when called inside a flow).
+    Keyword arguments as for :func:`spot_task`."""
+    options, step_fields = StepOptions.split(backend=backend, policy=policy, name=name, **kwargs)
     command = list(command)
-    return SpotTask(
-        lambda: command,
-        backend=backend,
-        policy=policy,
-        name=name,
-        key=key,
-        retries=retries,
-        retry_delay_seconds=retry_delay_seconds,
-        tags=tags,
-        poll_interval=poll_interval,
-        on_event=on_event,
-        artifact=artifact,
-        step_fields=step_fields,
-    )()
+    return SpotTask(lambda: command, options=options, step_fields=step_fields)()

@@ -9,7 +9,6 @@ and exits with :data:`RESERVED_EXIT_CODE` (75) so the attempt is classified PREE
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -28,12 +27,11 @@ from pydantic import BaseModel, ValidationError
 from spot_workflows.core.cadence import adaptive_interval, observed_mtbf
 from spot_workflows.core.outcomes import (
     RESERVED_EXIT_CODE,
-    Attempt,
     Capacity,
     NoticeKind,
     TerminationNotice,
 )
-from spot_workflows.errors import ConfigError
+from spot_workflows.errors import ConfigError, LedgerError
 from spot_workflows.runtime.store import CheckpointStore, Manifest
 
 log = logging.getLogger("spot_workflows.checkpoint")
@@ -210,15 +208,14 @@ class Checkpointer:
 
     def _ledger_mtbf(self) -> float | None:
         """Mean time between reclaims observed on this step's ledger (None before any)."""
-        raw = self.store.read("ledger.json")
-        if raw is None:
-            return None
+        from spot_workflows.ledger import read_attempts  # the one reader of the ledger format
+
         try:
-            attempts = [Attempt.model_validate(a) for a in json.loads(raw).get("attempts", [])]
-        except (ValueError, TypeError, AttributeError):
+            attempts = read_attempts(self.store)
+        except LedgerError:
             log.warning("ledger.json unreadable; adaptive cadence uses its MTBF prior")
             return None
-        return observed_mtbf(attempts, self._wall())
+        return observed_mtbf(attempts, self._wall()) if attempts is not None else None
 
     @property
     def last_save_seconds(self) -> float | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import factories
 import pytest
 
 from spot_workflows.config import SpotPolicy
@@ -15,7 +16,6 @@ from spot_workflows.core.deadline import (
 from spot_workflows.core.escalation import resolve
 from spot_workflows.core.outcomes import (
     Action,
-    Attempt,
     AttemptState,
     Capacity,
     FailCause,
@@ -27,32 +27,8 @@ SPOT, OD = Capacity.SPOT, Capacity.ON_DEMAND
 H = 3600.0
 
 
-def attempt(
-    n,
-    cap,
-    state=AttemptState.RUNNING,
-    *,
-    at=0.0,
-    started=None,
-    outcome=None,
-    ended=None,
-    progress=0.0,
-):
-    return Attempt(
-        number=n,
-        capacity=cap,
-        job_name=f"s-a{n}",
-        job_id=f"j{n}",
-        backend="t",
-        state=state,
-        outcome=outcome,
-        submitted_at=at,
-        started_at=started
-        if started is not None
-        else (at if state is not AttemptState.PENDING else None),
-        ended_at=ended,
-        progress_start=progress,
-    )
+def attempt(n, cap, state=AttemptState.RUNNING, *, progress=0.0, **kw):
+    return factories.attempt(n, cap, state, progress_start=progress, **kw)
 
 
 def policy(**kw):

@@ -1,16 +1,22 @@
 """Table-driven tests of the planner (pure code, no fakes)."""
 
+import factories
 import pytest
 from pydantic import ValidationError
 
 from spot_workflows.config import SpotPolicy
+from spot_workflows.core.deadline import Outlook
 from spot_workflows.core.outcomes import (
     Action,
-    Attempt,
     AttemptState,
+    Cancel,
     Capacity,
+    Fail,
     FailCause,
     Outcome,
+    Submit,
+    Succeed,
+    Wait,
 )
 from spot_workflows.core.planner import decide, describe_history
 from spot_workflows.errors import ConfigError
@@ -28,17 +34,7 @@ P, OK, NC, APP, INF, TO, CAN = (
 
 
 def done(n, cap, outcome, exit_code=None):
-    return Attempt(
-        number=n,
-        capacity=cap,
-        job_name=f"s-a{n}",
-        job_id=f"j{n}",
-        backend="t",
-        state=AttemptState.DONE,
-        outcome=outcome,
-        exit_code=exit_code,
-        submitted_at=0.0,
-    )
+    return factories.done(n, cap, outcome, exit_code=exit_code, started=None, ended=None)
 
 
 def history(*items):
@@ -92,21 +88,13 @@ CASES = [
 def test_decide_table(attempts, kw, action, capacity, escalated):
     d = decide(attempts, SpotPolicy(**kw), now=100.0)
     assert d.action is action, d.reason
-    assert d.capacity == capacity
-    assert d.escalated is escalated
+    assert getattr(d, "capacity", None) == capacity  # only a Submit names a capacity
+    assert getattr(d, "escalated", False) is escalated
     assert d.reason
 
 
 def live(n, cap, state, submitted_at=0.0, job_id="j"):
-    return Attempt(
-        number=n,
-        capacity=cap,
-        job_name=f"s-a{n}",
-        job_id=job_id,
-        backend="t",
-        state=state,
-        submitted_at=submitted_at,
-    )
+    return factories.attempt(n, cap, state, at=submitted_at, job_id=job_id, started=None)
 
 
 def test_live_attempt_waits():
@@ -196,3 +184,47 @@ def test_budget_window_counts_the_time_a_stop_takes():
     assert decide([running], policy, now=6, spent_usd=6.0, outlook=quick).action is Action.WAIT
     stop = decide([running], policy, now=6, spent_usd=6.0, outlook=slow)
     assert stop.action is Action.CANCEL and "budget cap" in stop.reason
+
+
+# -- when to look again: Wait.recheck_at -----------------------------------------------------------
+def test_a_pending_attempt_is_rechecked_when_its_capacity_timeout_expires():
+    d = decide(
+        [live(1, SPOT, AttemptState.PENDING, submitted_at=100.0)],
+        SpotPolicy(capacity_timeout_s=60),
+        now=130.0,
+    )
+    assert isinstance(d, Wait) and d.recheck_at == 160.0
+
+
+def test_nothing_but_a_change_of_the_attempt_changes_a_plain_wait():
+    for attempt in (live(1, SPOT, AttemptState.RUNNING), live(1, OD, AttemptState.PENDING)):
+        d = decide([attempt], SpotPolicy(), now=10.0, outlook=Outlook(tick_s=30.0))
+        assert isinstance(d, Wait) and d.recheck_at is None, d
+
+
+def test_a_budget_cap_rechecks_a_running_attempt_every_tick():
+    d = decide(
+        [live(1, SPOT, AttemptState.RUNNING)],
+        SpotPolicy(budget_usd=100.0),
+        now=50.0,
+        spent_usd=1.0,
+        outlook=Outlook(tick_s=30.0),
+    )
+    assert isinstance(d, Wait) and d.recheck_at == 80.0
+
+
+def test_a_deadline_policy_rechecks_every_tick_and_not_after_its_capacity_timeout():
+    policy = SpotPolicy(deadline_s=10 * 3600, work_s=3600, capacity_timeout_s=600)
+    attempt = live(1, SPOT, AttemptState.PENDING, submitted_at=0.0)
+    d = decide([attempt], policy, now=20.0, outlook=Outlook(tick_s=15.0, progress=0.0))
+    assert isinstance(d, Wait) and d.recheck_at == 35.0, d
+
+
+def test_each_action_is_its_own_type():
+    submit = decide([], SpotPolicy(), now=0.0)
+    assert isinstance(submit, Submit) and submit.capacity is SPOT
+    cancel = decide([live(1, SPOT, AttemptState.PENDING)], SpotPolicy(capacity_timeout_s=1), now=5)
+    assert isinstance(cancel, Cancel) and cancel.outcome is NC
+    assert isinstance(decide([done(1, SPOT, OK)], SpotPolicy(), now=1.0), Succeed)
+    failed = decide([done(1, SPOT, CAN)], SpotPolicy(), now=1.0)
+    assert isinstance(failed, Fail) and not hasattr(failed, "capacity")
