@@ -28,7 +28,7 @@ from spot_workflows.sim.grid import OMNISCIENT, Cell, ratio, run_trace, summaris
 from spot_workflows.sim.traces import Trace, load_trace, trace_from_data
 
 ROOT = Path(__file__).resolve().parents[1]
-TRACES = ROOT.parent / "shared" / "traces"
+TRACES = max(ROOT.parent / "shared/traces", ROOT / "spot_workflows/data/traces", key=Path.is_dir)
 POLICIES = ("uniform_progress", "greedy", "deadline")
 OURS, BASELINE = "deadline", "uniform_progress"
 CELLS = [(52.0, 0.05), (52.0, 0.2), (70.0, 0.05), (70.0, 0.2)]

@@ -9,6 +9,9 @@ and are selected with ``SpotPolicy.strategy``.
 :class:`~spot_workflows.core.deadline.Situation` (time left, work left, slack, prices) carried by
 :class:`History`; the planner turns a change of their answer into a cancel and a new submit.
 ``auto`` (the default) resolves to ``deadline`` when the policy has a deadline, else ``attempts``.
+
+This module holds the registry and the ``attempts`` strategy; look strategies up through
+:mod:`spot_workflows.core.strategies`, which registers every built-in one.
 """
 
 from __future__ import annotations
@@ -126,7 +129,3 @@ def attempts_based(history: History, policy: SpotPolicy, now: float) -> Choice:
     return Choice(
         Capacity.SPOT, f"resubmitting on SPOT (preemptions {preempted}/{policy.preemption_budget})"
     )
-
-
-# Registers the deadline-aware strategies (they import this module's registry).
-from spot_workflows.core import policies as _policies  # noqa: E402,F401

@@ -21,15 +21,6 @@ from collections.abc import Sequence
 
 from spot_workflows.config import SpotPolicy
 from spot_workflows.core.deadline import HOUR, Outlook, Situation, price_per_s, situation
-from spot_workflows.core.escalation import (
-    DEFAULT_WITHOUT_DEADLINE,
-    Choice,
-    History,
-    Strategy,
-    get_strategy,
-    is_live,
-    resolve,
-)
 from spot_workflows.core.outcomes import (
     Attempt,
     AttemptState,
@@ -37,6 +28,15 @@ from spot_workflows.core.outcomes import (
     Decision,
     FailCause,
     Outcome,
+)
+from spot_workflows.core.strategies import (
+    DEFAULT_WITHOUT_DEADLINE,
+    Choice,
+    History,
+    Strategy,
+    get_strategy,
+    is_live,
+    resolve,
 )
 
 

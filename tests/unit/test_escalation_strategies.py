@@ -13,7 +13,6 @@ from spot_workflows.core.deadline import (
     situation,
     spent_usd,
 )
-from spot_workflows.core.escalation import resolve
 from spot_workflows.core.outcomes import (
     Action,
     AttemptState,
@@ -22,6 +21,7 @@ from spot_workflows.core.outcomes import (
     Outcome,
 )
 from spot_workflows.core.planner import decide
+from spot_workflows.core.strategies import resolve
 
 SPOT, OD = Capacity.SPOT, Capacity.ON_DEMAND
 H = 3600.0
