@@ -9,17 +9,22 @@ import threading
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from spot_workflows import __version__
-from spot_workflows.errors import SpotWorkflowsError, StepInterruptedError
+from spot_workflows.cli_errors import (
+    OneLineErrors,
+    check_output_file,
+    check_workdir,
+    console,
+    fail,
+    guard,
+    stdout_console,
+)
 
-console = Console(stderr=True)
 
-
-@click.group()
+@click.group(cls=OneLineErrors)
 @click.version_option(__version__, prog_name="spot-workflows")
 def main() -> None:
     """Spot GPUs that are safe to use from Airflow and Prefect."""
@@ -28,15 +33,23 @@ def main() -> None:
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object, nothing else.")
 @click.option("--workdir", type=click.Path(path_type=Path), help="Keep checkpoints and logs here.")
-@click.option("--steps", default=400, show_default=True, help="Training steps.")
+@click.option(
+    "--steps",
+    default=400,
+    show_default=True,
+    type=click.IntRange(min=1, max=1_000_000),
+    help="Training steps (1 to 1000000).",
+)
 def demo(as_json: bool, workdir: Path | None, steps: int) -> None:
     """Train on local 'spot' capacity: reclaimed twice, resumed from checkpoint, escalated."""
     from spot_workflows.demo import DemoConfig, last_step_in_log, run_demo
 
+    if workdir is not None:
+        workdir = check_workdir(workdir)
     config = DemoConfig(workdir=workdir, steps=steps)
     _interrupt_on_sigterm()
     if as_json:
-        summary = _guard(lambda: run_demo(config))
+        summary = guard(lambda: run_demo(config))
         click.echo(json.dumps(summary, indent=2))
         sys.exit(0 if summary["checksums_match"] else 1)
 
@@ -79,7 +92,7 @@ def demo(as_json: bool, workdir: Path | None, steps: int) -> None:
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     with progress:
-        summary = _guard(
+        summary = guard(
             lambda: run_demo(
                 config, on_event=on_event, backend_cb=lambda b: state.__setitem__("backend", b)
             )
@@ -117,7 +130,11 @@ def _interrupt_on_sigterm() -> None:
 def _print_attempts(summary: dict) -> None:
     table = Table(title=f"attempts of {summary['step_key']}")
     for col in ("attempt", "capacity", "outcome", "resumed from", "reached", "steps lost", "s"):
-        table.add_column(col, justify="right" if col not in ("capacity", "outcome") else "left")
+        table.add_column(
+            col,
+            justify="right" if col not in ("capacity", "outcome") else "left",
+            overflow="fold",
+        )
     for r in summary["attempts"]:
         table.add_row(
             str(r["attempt"]),
@@ -128,7 +145,7 @@ def _print_attempts(summary: dict) -> None:
             "" if r["steps_lost"] is None else str(r["steps_lost"]),
             f"{r['seconds']:.1f}",
         )
-    Console().print(table)
+    stdout_console().print(table)
 
 
 @main.command()
@@ -157,20 +174,27 @@ def report(
     from spot_workflows.report import run_report
     from spot_workflows.report_html import render_html
 
-    catalog = _guard(lambda: load_catalog(prices))
+    if html_path is not None:
+        check_output_file(html_path, "--html")
+    catalog = guard(lambda: load_catalog(prices))
     if aws_region:
         from spot_workflows.backends.aws_pricing import spot_price_override
 
         known = sorted({p.instance_type for p in catalog.entries if p.provider == "aws"})
         catalog = catalog.merged(
-            _guard(
+            guard(
                 lambda: spot_price_override(base=catalog, region=aws_region, instance_types=known)
             )
         )
-    rep = _guard(lambda: run_report(checkpoint_uris, catalog))
+    rep = guard(lambda: run_report(checkpoint_uris, catalog))
+    for skipped in rep.skipped:
+        click.echo(f"skipped {skipped}", err=True)
     if html_path is not None:
-        html_path.write_text(render_html(rep))
-        console.print(f"wrote {html_path}")
+        try:
+            html_path.write_text(render_html(rep))
+        except OSError as exc:
+            fail(f"--html {html_path}: cannot write it: {exc.strerror or exc}", 1)
+        click.echo(f"wrote {html_path}", err=True)
     if as_json:
         click.echo(rep.model_dump_json(indent=2))
         return
@@ -178,7 +202,7 @@ def report(
 
 
 def _print_report(rep) -> None:
-    out = Console()
+    out = stdout_console()
     table = Table(title=f"cost report (prices: catalog {rep.catalog_snapshot})")
     for col in (
         "step",
@@ -191,7 +215,7 @@ def _print_report(rep) -> None:
         "GPU-h lost",
         "wait s",
     ):
-        table.add_column(col, justify="left" if col == "step" else "right")
+        table.add_column(col, justify="left" if col == "step" else "right", overflow="fold")
     for s in rep.steps:
         c = s.cost
         table.add_row(
@@ -236,17 +260,20 @@ def ledger_group() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def ledger_show(checkpoint_uri: str, key: str, as_json: bool) -> None:
     """Show the attempt ledger stored next to a step's checkpoints."""
-    from spot_workflows.ledger import Ledger
+    from spot_workflows.ledger import LEDGER_PATH, Ledger
     from spot_workflows.runtime.store import CheckpointStore
 
-    ledger = _guard(lambda: Ledger.open(CheckpointStore(checkpoint_uri), key))
+    store = guard(lambda: CheckpointStore(checkpoint_uri))
+    if guard(lambda: store.read(LEDGER_PATH)) is None:
+        fail(f"no ledger at {store.uri}/{LEDGER_PATH}: pass the step's checkpoint URI", 1)
+    ledger = guard(lambda: Ledger.open(store, key))
     rows = [a.model_dump(mode="json") for a in ledger.attempts]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     table = Table(title=f"ledger of {key}")
     for col in ("#", "capacity", "job", "state", "outcome", "reason"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for a in ledger.attempts:
         table.add_row(
             str(a.number),
@@ -256,7 +283,7 @@ def ledger_show(checkpoint_uri: str, key: str, as_json: bool) -> None:
             a.outcome.value if a.outcome else "",
             (a.reason or "")[:60],
         )
-    Console().print(table)
+    stdout_console().print(table)
 
 
 @ledger_group.command("reopen")
@@ -271,41 +298,26 @@ def ledger_reopen(checkpoint_uri: str, key: str, yes: bool) -> None:
     from spot_workflows.ledger import Ledger
     from spot_workflows.runtime.store import CheckpointStore
 
-    ledger = _guard(lambda: Ledger.open(CheckpointStore(checkpoint_uri), key))
+    ledger = guard(lambda: Ledger.open(CheckpointStore(checkpoint_uri), key))
     last = ledger.attempts[-1] if ledger.attempts else None
     if last is None or last.outcome is None or last.outcome.value != "CANCELLED":
         state = "has no attempts" if last is None else f"ends with attempt {last.number} "
         if last is not None:
             state += last.outcome.value if last.outcome else last.state.value
-        console.print(f"[bold red]error:[/] nothing to reopen: step {key!r} {state}")
-        sys.exit(2)
+        fail(f"nothing to reopen: step {key!r} {state}")
     if not yes:
         click.confirm(
             f"attempt {last.number} of {key!r} was cancelled outside spot-workflows "
             f"({last.reason}); let the step run again from its last checkpoint?",
             abort=True,
         )
-    attempt = _guard(
+    attempt = guard(
         lambda: ledger.reopen(now=time.time(), reason="reopened by spot-workflows ledger reopen")
     )
     click.echo(
         f"reopened {key!r}: attempt {attempt.number} is now recorded as stopped; the next run "
         "of the step resumes from its last checkpoint"
     )
-
-
-def _guard(fn):
-    try:
-        return fn()
-    except StepInterruptedError as exc:  # Ctrl-C / SIGTERM: the attempt was stopped, resumable
-        console.print(f"[yellow]{exc}[/]")
-        sys.exit(130)
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]")
-        sys.exit(130)
-    except SpotWorkflowsError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        sys.exit(2)
 
 
 from spot_workflows.cli_sim import simulate  # noqa: E402

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
+import re
 
 import click
+from pydantic import ValidationError
 
-from spot_workflows.errors import SpotWorkflowsError
+from spot_workflows.cli_errors import fail as _fail
+from spot_workflows.errors import ConfigError, SpotWorkflowsError, config_error
+
+_ACCOUNT = re.compile(r"^\d{12}$")
+_PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,40}$")
 
 
 def _split(values: tuple[str, ...]) -> list[str]:
@@ -48,8 +53,15 @@ def aws() -> None:
     show_default=True,
     help="With --print-iam-policy: run-time rights only, or those plus bootstrap's.",
 )
-@click.option("--checkpoint-bucket", help="With --print-iam-policy: grant this S3 bucket.")
-@click.option("--account-id", default="*", help="With --print-iam-policy: scope ARNs to it.")
+@click.option(
+    "--checkpoint-bucket",
+    help="With --print-iam-policy: grant this S3 bucket (my-ckpts, or s3://my-ckpts/prefix).",
+)
+@click.option(
+    "--account-id",
+    default="*",
+    help="With --print-iam-policy: scope ARNs to this 12-digit account id (default: any).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def bootstrap(
     region: str | None,
@@ -75,14 +87,24 @@ def bootstrap(
         from spot_workflows.backends.aws_iam import iam_policy
     except ImportError as exc:  # boto3 missing
         _fail(f"{exc}; install the AWS extra: pip install 'spot-workflows[aws]'")
-    if print_iam_policy:
-        policy = iam_policy(
-            region=region or "*",
-            account=account_id,
-            name_prefix=name_prefix,
-            checkpoint_bucket=checkpoint_bucket,
-            bootstrap=iam_scope == "bootstrap",
+    if not _PREFIX.fullmatch(name_prefix):
+        _fail(
+            f"--name-prefix {name_prefix!r} must be 1-41 letters, digits, '_' or '-', starting "
+            "with a letter or digit"
         )
+    if print_iam_policy:
+        if account_id != "*" and not _ACCOUNT.fullmatch(account_id):
+            _fail(f"--account-id {account_id!r} must be a 12-digit AWS account id (or * for any)")
+        try:
+            policy = iam_policy(
+                region=region or "*",
+                account=account_id,
+                name_prefix=name_prefix,
+                checkpoint_bucket=checkpoint_bucket,
+                bootstrap=iam_scope == "bootstrap",
+            )
+        except ConfigError as exc:
+            _fail(f"--checkpoint-bucket: {exc}")
         click.echo(json.dumps(policy, indent=2))
         return
     if not region:
@@ -99,14 +121,16 @@ def bootstrap(
             max_vcpus=max_vcpus,
             **extra,
         )
+    except ValidationError as exc:
+        _fail(str(config_error(exc, "bootstrap settings")))
     except ValueError as exc:
         _fail(str(exc))
     try:
         boot = Bootstrap(config=config, endpoint_url=endpoint_url)
         actions = boot.plan() if dry_run else boot.apply()
         outputs = boot.outputs()
-    except SpotWorkflowsError as exc:
-        _fail(str(exc))
+    except SpotWorkflowsError as exc:  # 2: a setting to fix; 1: AWS refused or failed
+        _fail(str(exc), 2 if isinstance(exc, ConfigError) else 1)
     if as_json:
         rows = [a.__dict__ for a in actions]
         click.echo(json.dumps({"dry_run": dry_run, "actions": rows, "outputs": outputs}, indent=2))
@@ -123,8 +147,3 @@ def bootstrap(
             f"spot queue: {outputs['spot_queue']}  on-demand queue: {outputs['on_demand_queue']}  "
             f"events queue: {outputs['events_queue_url']}"
         )
-
-
-def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(2)

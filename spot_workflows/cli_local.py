@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -11,10 +12,13 @@ from rich.console import Console
 from rich.table import Table
 
 from spot_workflows.backends.local import STATE_DIR_ENV, LocalCloudClient, default_state_dir
+from spot_workflows.cli_errors import fail
 from spot_workflows.errors import SpotWorkflowsError
 
 console = Console(stderr=True)
-out = Console()
+out = Console() if sys.stdout.isatty() else Console(width=200)
+"""Tables on stdout: the terminal's width, or a wide one off a terminal (no cut-off columns)."""
+
 
 state_dir_option = click.option(
     "--state-dir",
@@ -34,8 +38,7 @@ def _client(state_dir: Path | None) -> LocalCloudClient:
     try:
         return client.connect()
     except SpotWorkflowsError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        sys.exit(1)
+        fail(str(exc), 1)
 
 
 @click.group("local")
@@ -52,6 +55,8 @@ def serve(state_dir: Path | None, idle_exit_s: float | None) -> None:
     """Run the daemon in the foreground (clients also start one on first use)."""
     from spot_workflows.backends.local.daemon import main as daemon_main
 
+    if idle_exit_s is not None and not (math.isfinite(idle_exit_s) and idle_exit_s > 0):
+        fail(f"--idle-exit-s must be a finite number of seconds > 0, got {idle_exit_s:g}", 2)
     directory = _dir(state_dir)
     args = [f"--state-dir={directory}"]
     if idle_exit_s is not None:
@@ -102,7 +107,9 @@ def jobs(state_dir: Path | None, as_json: bool) -> None:
         return
     table = Table(title=f"local jobs ({len(rows)})")
     for col in ("job", "step key", "attempt", "capacity", "state", "outcome", "exit", "notice"):
-        table.add_column(col, no_wrap=col in ("job", "capacity", "state", "outcome"))
+        table.add_column(
+            col, no_wrap=col in ("job", "capacity", "state", "outcome"), overflow="fold"
+        )
     for r in rows:
         table.add_row(
             r["job_id"],
@@ -125,8 +132,7 @@ def stop(state_dir: Path | None) -> None:
     try:
         doc = client.stop()
     except SpotWorkflowsError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        sys.exit(1)
+        fail(str(exc), 1)
     if doc is None:
         out.print(f"no local spot cloud runs for {_dir(state_dir)}")
         return

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
+import math
 from pathlib import Path
 
 import click
 
+from spot_workflows.cli_errors import fail as _fail
 from spot_workflows.errors import SpotWorkflowsError
 
 _POLICY_HELP = "Escalation policy to simulate ('list' names them)."
@@ -18,13 +19,20 @@ _POLICY_HELP = "Escalation policy to simulate ('list' names them)."
     "--trace",
     "traces",
     multiple=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Trace file (shared/traces format); repeat for several.",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Trace file, or the name of a shipped trace (e.g. aws-10-26-2022/us-west-2a_v100_1); "
+    "repeat for several.",
 )
 @click.option("--work-hours", type=float, help="W: hours of work on one machine.")
 @click.option("--deadline-hours", type=float, help="D: hours from start to the deadline.")
 @click.option("--restart-hours", type=float, help="d: restart overhead in hours.")
-@click.option("--starts", type=int, default=60, show_default=True, help="S: scenarios per trace.")
+@click.option(
+    "--starts",
+    type=click.IntRange(min=1, max=100_000),
+    default=60,
+    show_default=True,
+    help="S: scenarios per trace (1 to 100000).",
+)
 @click.option("--policy", default="auto", show_default=True, help=_POLICY_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object, nothing else.")
 def simulate(
@@ -58,10 +66,21 @@ def simulate(
         if not value and value != 0
     ]
     if missing:
-        raise click.UsageError(f"missing {', '.join(missing)} (or use --policy list)")
+        _fail(f"missing {', '.join(missing)} (or use --policy list)")
     assert work_hours is not None and deadline_hours is not None and restart_hours is not None
-    if work_hours <= 0 or deadline_hours <= 0 or restart_hours < 0 or starts < 1:
-        raise click.UsageError("need W > 0, D > 0, d >= 0 and S >= 1")
+    for flag, value, low in (
+        ("--work-hours", work_hours, "> 0"),
+        ("--deadline-hours", deadline_hours, "> 0"),
+        ("--restart-hours", restart_hours, ">= 0"),
+    ):
+        if not math.isfinite(value) or value < 0 or (value == 0 and low == "> 0"):
+            _fail(f"{flag} must be a finite number of hours {low}, got {value:g}")
+    if deadline_hours < work_hours + restart_hours:
+        _fail(
+            f"infeasible deadline: --deadline-hours {deadline_hours:g} is shorter than "
+            f"--work-hours {work_hours:g} + --restart-hours {restart_hours:g} (one start on "
+            "on-demand); every scenario would miss it. Need D >= W + d"
+        )
     try:
         loaded = [load_trace(p) for p in traces]
         result = run(
@@ -70,8 +89,7 @@ def simulate(
             policy,
         )
     except SpotWorkflowsError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        _fail(str(exc))
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from spot_workflows.core.cost import PriceCatalog
-from spot_workflows.errors import ConfigError
+from spot_workflows.errors import ConfigError, describe_invalid
 
 ENV_OVERRIDE = "SPOT_WORKFLOWS_PRICES"
 
@@ -35,7 +35,7 @@ def load_catalog_file(path: str | Path) -> PriceCatalog:
     except OSError as exc:
         raise ConfigError(f"price file {path} cannot be read: {exc.strerror}") from exc
     except ValueError as exc:  # JSON or pydantic
-        detail = exc.errors()[0] if isinstance(exc, ValidationError) else str(exc)
+        detail = describe_invalid(exc, "catalog") if isinstance(exc, ValidationError) else str(exc)
         raise ConfigError(
             f"price file {path} is not a price catalog ({detail}); expected "
             '{"snapshot": "YYYY-MM-DD", "entries": [{"provider": "aws", "instance_type": '

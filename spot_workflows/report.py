@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from spot_workflows.core.cost import CostTotals, PriceCatalog, StepCost, savings_pct, step_cost
 from spot_workflows.core.outcomes import Attempt
-from spot_workflows.errors import LedgerError
+from spot_workflows.errors import ConfigError, LedgerError
 from spot_workflows.ledger import LEDGER_PATH, LedgerDoc
 from spot_workflows.runtime.store import CheckpointStore
 
@@ -34,6 +34,8 @@ class StepReport(BaseModel):
 class RunReport(CostTotals):
     generated_at: float
     steps: list[StepReport]
+    skipped: list[str] = []
+    """Entries under a prefix that are not step directories (stray files), with why."""
 
 
 def read_ledger(store: CheckpointStore) -> LedgerDoc | None:
@@ -46,20 +48,34 @@ def read_ledger(store: CheckpointStore) -> LedgerDoc | None:
         raise LedgerError(f"ledger {store.uri}/{LEDGER_PATH} is unreadable: {exc}") from exc
 
 
-def find_step_stores(uri: str, storage_options: dict | None = None) -> list[CheckpointStore]:
-    """``uri`` itself if it holds a ledger, else its immediate sub-prefixes that do."""
+def find_step_stores(
+    uri: str, storage_options: dict | None = None, *, skipped: list[str] | None = None
+) -> list[CheckpointStore]:
+    """``uri`` itself if it holds a ledger, else its immediate sub-prefixes that do. Entries
+    that are not directories (a stray file) are skipped and, when ``skipped`` is given, listed
+    there with why."""
     store = CheckpointStore(uri, storage_options=storage_options)
     if store.read(LEDGER_PATH) is not None:
         return [store]
     found = []
     try:
-        children = sorted(store.fs.ls(store.root, detail=False))
-    except FileNotFoundError:
+        children = sorted(store.fs.ls(store.root, detail=True), key=lambda e: e["name"])
+    except (FileNotFoundError, NotADirectoryError):
         children = []
     scheme = uri.split("://", 1)[0]
-    for child in children:
+    for entry in children:
+        child = entry["name"]
         child_uri = f"{scheme}://{child}" if scheme != "file" else f"file://{child}"
-        sub = CheckpointStore(child_uri, storage_options=storage_options)
+        if entry.get("type") != "directory":
+            if skipped is not None:
+                skipped.append(f"{child_uri}: not a directory (a step is a directory)")
+            continue
+        try:
+            sub = CheckpointStore(child_uri, storage_options=storage_options)
+        except ConfigError as exc:  # a name no checkpoint URI may have (%, control characters)
+            if skipped is not None:
+                skipped.append(f"{child_uri}: {exc}")
+            continue
         if sub.read(LEDGER_PATH) is not None:
             found.append(sub)
     if not found:
@@ -114,12 +130,13 @@ def run_report(
     storage_options: dict | None = None,
 ) -> RunReport:
     now = time.time() if now is None else now
+    skipped: list[str] = []
     steps = [
         step_report(s, catalog, now=now)
         for uri in uris
-        for s in find_step_stores(uri, storage_options)
+        for s in find_step_stores(uri, storage_options, skipped=skipped)
     ]
-    return combine(steps, catalog, now=now)
+    return combine(steps, catalog, now=now).model_copy(update={"skipped": skipped})
 
 
 def combine(steps: Sequence[StepReport], catalog: PriceCatalog, *, now: float) -> RunReport:

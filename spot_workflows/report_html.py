@@ -130,6 +130,9 @@ def render_html(report: RunReport) -> str:
     if report.unpriced:
         items = "".join(f"<li>{html.escape(u)}</li>" for u in report.unpriced)
         parts.append(f'<div class="warn">unpriced (not counted): <ul>{items}</ul></div>')
+    if getattr(report, "skipped", None):
+        items = "".join(f"<li>{html.escape(u)}</li>" for u in report.skipped)
+        parts.append(f'<div class="warn">skipped (not steps): <ul>{items}</ul></div>')
     if report.reclaims_by_zone:
         rows = "".join(
             f"<tr><td>{html.escape(z)}</td><td>{n}</td></tr>"

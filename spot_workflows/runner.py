@@ -297,6 +297,9 @@ class StepRunner:
 
     def execute(self, decision: Decision) -> None:
         if isinstance(decision, Submit):
+            check = getattr(self.backend, "check_spec", None)  # refuse before the ledger write
+            if check is not None:
+                check(self.spec)
             latest = self.store.latest()
             seen = len(self.ledger.attempts)  # what the decision was based on
             try:

@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 PACKAGE = "spot-workflows"
-CONN_TYPE_LOCAL = "spot_local"
+CONN_TYPE_LOCAL = "spot-local"
+"""Hyphenated: Airflow warns on every fetch of a connection whose type has '_' (RFC 3986)."""
 
 
 def _version() -> str:
@@ -66,7 +67,7 @@ def get_provider_info() -> dict[str, Any]:
                     "hidden-fields": ["host", "schema", "login", "password", "port"],
                     "relabeling": {},
                     "placeholders": {
-                        "extra": '{"state_dir": "/tmp/spot-local", "reclaims": [30, 30]}'
+                        "extra": '{"state_dir": "/tmp/spot-local", "reclaim_after_s": [30, 30]}'
                     },
                 },
             }

@@ -2,21 +2,23 @@
 
 No Airflow import here: a connection arrives as a :class:`ConnectionInfo` (id, type, extras,
 credentials), fetched by :mod:`spot_workflows.airflow.hooks` (sync in tasks, async in triggers).
+A connection is a view of the backend's settings model (:mod:`spot_workflows.backends.settings`):
+its extras are the model's settings, with the same names as the Prefect blocks' fields.
 
 Connection types:
 
-* ``spot_local`` -- the local backend (dev and demo): subprocesses on the machine that runs the
-  task and the triggerer. Extras: ``state_dir``, ``checkpoint_root``, ``reclaims`` (seconds after
-  start at which the n-th spot attempt is reclaimed), ``unavailable`` (``[[start, end], ...]``
-  windows with no spot capacity), ``notice_window_s``, ``grace_s``. Two connections work with no
-  setup: ``spot_local_default`` (never reclaims) and ``spot_local_demo`` (reclaims the first two
-  spot attempts 3 s after they start).
-* ``aws`` -- AWS Batch, with the ``aws_default`` conventions (access key as login/password, or
-  boto3's default chain) plus ``spot_queue`` / ``on_demand_queue`` extras;
-* ``google_cloud_platform`` -- GCP Batch, with the ``google_cloud_default`` conventions (``project``,
-  ``location``, a key file or Application Default Credentials).
-
-The cloud extras are listed in :mod:`spot_workflows.airflow.cloud`.
+* ``spot-local`` -- the local backend (dev and demo): subprocesses on the machine that runs the
+  task and the triggerer (:class:`~spot_workflows.backends.settings.LocalSettings`). Connections
+  of the former type ``spot_local`` still work. Two connections work with no setup:
+  ``spot_local_default`` (never reclaims) and ``spot_local_demo`` (reclaims the first two spot
+  attempts 2 s after their first checkpoint).
+* ``aws`` -- AWS Batch (:class:`~spot_workflows.backends.settings.AwsSettings`), with the
+  ``aws_default`` conventions: login/password are an access key pair, else the extras, else
+  boto3's default chain.
+* ``google_cloud_platform`` -- GCP Batch (:class:`~spot_workflows.backends.settings.GcpSettings`),
+  with the ``google_cloud_default`` conventions: the Google provider's ``key_path`` /
+  ``keyfile_dict`` extras (plain or ``extra__google_cloud_platform__``-prefixed) are read as
+  ``service_account_file`` / ``service_account_info``.
 """
 
 from __future__ import annotations
@@ -27,24 +29,54 @@ import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Protocol
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import Any
 
 from spot_workflows.backends.base import Backend
-from spot_workflows.backends.local import LocalBackend, default_state_dir
-from spot_workflows.backends.local.events import LocalEventSource
-from spot_workflows.backends.local.market import ScheduledMarket
+from spot_workflows.backends.local import LocalBackend
+from spot_workflows.backends.notice_sources import NoticeSource
+from spot_workflows.backends.settings import (
+    EVENTS_FILE,
+    AwsSettings,
+    GcpSettings,
+    LocalSettings,
+)
 from spot_workflows.config import validate_checkpoint_uri
-from spot_workflows.core.outcomes import TerminationNotice
 from spot_workflows.errors import ConfigError
 
 log = logging.getLogger("spot_workflows.airflow")
 
 DEFAULT_CONN_ID = "spot_local_default"
 DEMO_CONN_ID = "spot_local_demo"
-LOCAL, AWS, GCP = "spot_local", "aws", "google_cloud_platform"
-EVENTS_FILE = "events.jsonl"
+LOCAL, AWS, GCP = "spot-local", "aws", "google_cloud_platform"
+LEGACY_LOCAL = "spot_local"
+"""The former local connection type, still accepted. Airflow logs "Connection schemes (type:
+spot_local) shall not contain '_'" on every fetch of such a connection; ``spot-local`` does not
+(Airflow also turns a ``spot-local://`` URI back into ``spot_local``, so both must work)."""
+
+_KINDS = {LOCAL: LOCAL, LEGACY_LOCAL: LOCAL, AWS: AWS, GCP: GCP, "gcp": GCP}
+_GOOGLE_PREFIX = "extra__google_cloud_platform__"
+_GOOGLE_KEYS = {"key_path": "service_account_file", "keyfile_dict": "service_account_info"}
+
+__all__ = [
+    "AWS",
+    "BUILTIN_CONNECTIONS",
+    "DEFAULT_CONN_ID",
+    "DEMO_CONN_ID",
+    "EVENTS_FILE",
+    "GCP",
+    "LOCAL",
+    "ConnectionInfo",
+    "LocalSettings",
+    "NoticeSource",
+    "build_backend",
+    "build_notice_source",
+    "checkpoint_root",
+    "close_local_backends",
+    "console_url",
+    "local_settings",
+    "local_state_dir",
+    "settings",
+]
 
 
 @dataclass(frozen=True)
@@ -60,9 +92,7 @@ class ConnectionInfo:
 
     @property
     def kind(self) -> str:
-        kind = {"spot_local": LOCAL, "aws": AWS, "google_cloud_platform": GCP, "gcp": GCP}.get(
-            self.conn_type
-        )
+        kind = _KINDS.get(self.conn_type)
         if kind is None:
             raise ConfigError(
                 f"connection {self.conn_id!r} has type {self.conn_type!r}; spot-workflows runs "
@@ -77,7 +107,7 @@ BUILTIN_CONNECTIONS = {
         DEMO_CONN_ID,
         LOCAL,
         {
-            "reclaims": [2.0, 2.0],
+            "reclaim_after_s": [2.0, 2.0],
             "reclaim_after_checkpoint": True,
             "notice_window_s": 1.0,
             "grace_s": 5.0,
@@ -92,39 +122,49 @@ def home() -> Path:
     return Path(os.environ.get("AIRFLOW_HOME") or "~/airflow").expanduser() / "spot-workflows"
 
 
-class LocalSettings(BaseModel):
-    """Extras of a ``spot_local`` connection."""
+# -- the settings view --------------------------------------------------------------------------
 
-    model_config = ConfigDict(extra="forbid")
 
-    state_dir: str | None = None
-    checkpoint_root: str | None = None
-    reclaims: list[Annotated[float, Field(gt=0)]] = Field(default_factory=list)
-    unavailable: list[tuple[float, float]] = Field(default_factory=list)
-    notice_window_s: Annotated[float, Field(ge=0)] = 2.0
-    grace_s: Annotated[float, Field(ge=0)] = 5.0
-    reclaim_after_checkpoint: bool = False
+def _what(info: ConnectionInfo) -> str:
+    return f"connection {info.conn_id!r} extras"
+
+
+def _aws_data(info: ConnectionInfo) -> dict[str, Any]:
+    data = dict(info.extra)
+    if info.login:  # the aws_default conventions: the key pair is the login and password
+        data.setdefault("aws_access_key_id", info.login)
+        data.setdefault("aws_secret_access_key", info.password or None)
+    return data
+
+
+def _gcp_data(info: ConnectionInfo) -> dict[str, Any]:
+    data = {k.removeprefix(_GOOGLE_PREFIX): v for k, v in info.extra.items()}
+    for google, ours in _GOOGLE_KEYS.items():  # the Google provider's own names: no warning
+        value = data.pop(google, None)
+        if value not in (None, "") and ours not in data:
+            data[ours] = value
+    return data
+
+
+def settings(info: ConnectionInfo) -> LocalSettings | AwsSettings | GcpSettings:
+    """The connection's backend settings; a bad extra raises a one-line ConfigError naming it."""
+    kind = info.kind
+    if kind == LOCAL:
+        return LocalSettings.load(info.extra, what=_what(info))
+    if kind == AWS:
+        return AwsSettings.load(_aws_data(info), what=_what(info))
+    return GcpSettings.load(_gcp_data(info), what=_what(info))
 
 
 def local_settings(info: ConnectionInfo) -> LocalSettings:
-    try:
-        return LocalSettings.model_validate(info.extra)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        name = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(
-            f"connection {info.conn_id!r} (spot_local) extra {name!r}: {err['msg']}; allowed "
-            f"extras: {', '.join(LocalSettings.model_fields)}"
-        ) from None
+    """The settings of a local connection."""
+    return LocalSettings.load(info.extra, what=_what(info))
 
 
 def local_state_dir(info: ConnectionInfo) -> Path:
     """The connection's ``state_dir`` extra, else ``$SPOT_WORKFLOWS_LOCAL_DIR``, else
     ``~/.spot-workflows/local``: one local spot cloud per state directory."""
-    settings = local_settings(info)
-    if settings.state_dir:
-        return Path(settings.state_dir).expanduser().resolve()
-    return default_state_dir()
+    return local_settings(info).cloud_state_dir()
 
 
 # -- backends -----------------------------------------------------------------------------------
@@ -133,30 +173,18 @@ def local_state_dir(info: ConnectionInfo) -> Path:
 AirflowLocalBackend = LocalBackend
 """Kept for compatibility: every local backend now runs ``python`` on this interpreter."""
 
-_LOCAL: dict[tuple[Path, str], LocalBackend] = {}
+_LOCAL: dict[str, LocalBackend] = {}
 _LOCAL_LOCK = threading.Lock()
 
 
-def _local_backend(info: ConnectionInfo) -> LocalBackend:
-    """A client of the local spot cloud of the connection's state directory (the daemon is
-    started on first use and shared by the task, the triggerer and every other process)."""
-    settings = local_settings(info)
-    state_dir = local_state_dir(info)
+def _local_backend(local: LocalSettings) -> LocalBackend:
+    """A client of the local spot cloud of the settings' state directory (the daemon is started
+    on first use and shared by the task, the triggerer and every other process)."""
+    key = f"{local.cloud_state_dir()}|{local.model_dump_json()}"
     with _LOCAL_LOCK:
-        key = (state_dir, settings.model_dump_json())
         backend = _LOCAL.get(key)
         if backend is None:
-            backend = LocalBackend(
-                state_dir=state_dir,
-                market=ScheduledMarket(
-                    reclaims=settings.reclaims,
-                    unavailable=settings.unavailable,
-                    after_checkpoint=settings.reclaim_after_checkpoint,
-                ),
-                notice_window_s=settings.notice_window_s,
-                grace_s=settings.grace_s,
-            ).start()
-            _LOCAL[key] = backend
+            backend = _LOCAL[key] = local.build_backend().start()
         return backend
 
 
@@ -167,50 +195,24 @@ def close_local_backends() -> None:
 
 
 def build_backend(info: ConnectionInfo) -> Backend:
-    kind = info.kind
-    if kind == LOCAL:
-        return _local_backend(info)
-    if kind == AWS:
-        return _aws_backend(info)
-    return _gcp_backend(info)
-
-
-def _aws_backend(info: ConnectionInfo) -> Backend:
-    from spot_workflows.airflow.cloud import aws_backend
-
-    return aws_backend(info)
-
-
-def _gcp_backend(info: ConnectionInfo) -> Backend:
-    from spot_workflows.airflow.cloud import gcp_backend
-
-    return gcp_backend(info)
+    chosen = settings(info)
+    if isinstance(chosen, LocalSettings):
+        return _local_backend(chosen)
+    return chosen.build_backend()
 
 
 # -- notices, checkpoints, links ----------------------------------------------------------------
-
-
-class NoticeSource(Protocol):
-    """Where termination notices come from. Sources that can only tie notices to steps they were
-    told about also have ``track_attempts(step_key, attempts)`` (fed from the step's ledger)."""
-
-    def poll(self) -> list[TerminationNotice]:
-        """Notices that arrived since the last poll."""
-        ...
 
 
 def build_notice_source(info: ConnectionInfo, *, since: float | None) -> NoticeSource:
     """Local: the backend's events file. AWS: the bootstrap's SQS queue (EventBridge interruption
     warnings, rebalance recommendations, Batch job changes). GCP: preemption events of the
     watched step's jobs."""
-    kind = info.kind
-    if kind == LOCAL:
-        return LocalEventSource(path=local_state_dir(info) / EVENTS_FILE, since=since)
-    from spot_workflows.airflow import cloud
-
-    if kind == AWS:
-        return cloud.aws_notice_source(info, since=since)
-    return cloud.gcp_notice_source(info, since=since)
+    chosen = settings(info)
+    try:
+        return chosen.notice_source(since=since)
+    except ConfigError as exc:  # e.g. no events queue: say which connection
+        raise ConfigError(f"{_what(info)}: {exc}") from None
 
 
 def checkpoint_root(info: ConnectionInfo) -> str:
@@ -234,7 +236,8 @@ _GCP_JOB = re.compile(r"^projects/([^/]+)/locations/([^/]+)/jobs/([^/]+)$")
 
 
 def console_url(info: ConnectionInfo, job_id: str | None) -> str | None:
-    """The cloud console page of a job (None for the local backend)."""
+    """The cloud console page of a job (None for the local backend). Reads the extras as they
+    are: a link never fails the task."""
     if not job_id:
         return None
     kind = info.kind
@@ -246,10 +249,10 @@ def console_url(info: ConnectionInfo, job_id: str | None) -> str | None:
             f"#jobs/detail/{job_id}"
         )
     if kind == GCP:
+        extra = _gcp_data(info)
         m = _GCP_JOB.match(job_id)
-        project, location, name = (
-            m.groups() if m else (info.extra.get("project"), info.extra.get("location"), job_id)
-        )
+        region = extra.get("region") or extra.get("location")
+        project, location, name = m.groups() if m else (extra.get("project"), region, job_id)
         if not project or not location:
             return None
         return (

@@ -1,6 +1,6 @@
 """``SpotBackendHook``: an Airflow connection -> a spot-workflows backend.
 
-The hook reads the connection (``spot_local``, ``aws`` or ``google_cloud_platform``; see
+The hook reads the connection (``spot-local``, ``aws`` or ``google_cloud_platform``; see
 :mod:`spot_workflows.airflow.connections` for the extras) and builds the backend, the termination
 notice source, the default checkpoint root and console links from it. ``spot_local_default`` and
 ``spot_local_demo`` work without being defined. Triggers use :meth:`SpotBackendHook.aget_info`,
@@ -42,7 +42,8 @@ def _info(conn: Any, extra: dict[str, Any]) -> ConnectionInfo:
 class SpotBackendHook(BaseHook):
     """Builds spot-workflows backends from Airflow connections.
 
-    :param spot_conn_id: a ``spot_local``, ``aws`` or ``google_cloud_platform`` connection.
+    :param spot_conn_id: a ``spot-local`` (or former ``spot_local``), ``aws`` or
+        ``google_cloud_platform`` connection.
     """
 
     conn_name_attr = "spot_conn_id"
@@ -101,5 +102,7 @@ class SpotBackendHook(BaseHook):
         return {
             "hidden_fields": ["host", "schema", "login", "password", "port"],
             "relabeling": {},
-            "placeholders": {"extra": '{"state_dir": "/tmp/spot-local", "reclaims": [30, 30]}'},
+            "placeholders": {
+                "extra": '{"state_dir": "/tmp/spot-local", "reclaim_after_s": [30, 30]}'
+            },
         }

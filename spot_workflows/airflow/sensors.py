@@ -26,8 +26,8 @@ from spot_workflows.airflow.connections import DEFAULT_CONN_ID
 from spot_workflows.airflow.hooks import SpotBackendHook
 from spot_workflows.airflow.operators import step_key_for
 from spot_workflows.airflow.triggers import SpotTerminationTrigger, settle_deadline
-from spot_workflows.airflow.watch import DEFAULT_KINDS, TerminationWatch, normalize_kinds
 from spot_workflows.errors import ConfigError
+from spot_workflows.termination import DEFAULT_KINDS, TerminationWatch, normalize_kinds
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

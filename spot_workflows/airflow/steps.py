@@ -24,7 +24,6 @@ from typing import Any
 from pydantic import ValidationError
 
 from spot_workflows.config import SpotPolicy, StepSpec
-from spot_workflows.core.escalation import get_strategy, resolve
 from spot_workflows.core.outcomes import Attempt, Decision, Outcome
 from spot_workflows.core.planner import describe_history
 from spot_workflows.core.summary import StepSummary
@@ -96,9 +95,7 @@ def parse_policy(value: SpotPolicy | Mapping | str | None) -> SpotPolicy:
             "spot policy",
             hint="see SpotPolicy in docs/concepts.md for the fields and their ranges",
         ) from None
-    if "strategy" in policy.model_fields_set:  # a misspelt strategy fails here, not later
-        get_strategy(resolve(policy))
-    return policy
+    return policy  # (a misspelt strategy is refused by SpotPolicy itself)
 
 
 def parse_command(value: Sequence[str] | str) -> list[str]:

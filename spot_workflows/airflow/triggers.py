@@ -152,18 +152,33 @@ class SpotJobTrigger(BaseTrigger):
             backend = await self._backend()
         except Exception as exc:  # the task must learn why, not time out
             return self._event("error", message=f"cannot build backend: {exc}")
-        failures = 0
+        from spot_workflows.errors import ConfigError, CredentialsError
+        from spot_workflows.retrying import Backoff, async_retrying
+
+        # a describe that fails (API down, throttled) is retried with backoff from the poll
+        # interval, MAX_DESCRIBE_FAILURES tries in a row at most; bad settings or credentials
+        # are reported at once
+        describe_backoff = Backoff(
+            attempts=MAX_DESCRIBE_FAILURES,
+            base_s=self.poll_interval,
+            cap_s=max(self.poll_interval, 60.0),
+        )
         while True:
+            tries = 0
             try:
-                seen = await asyncio.to_thread(backend.describe, [self.job_id])
-            except Exception as exc:  # transient API errors: retry a few times, then report
-                failures += 1
-                if failures >= MAX_DESCRIBE_FAILURES:
-                    return self._event("error", message=f"describe failed {failures} times: {exc}")
-                self.log.warning("describe %s failed (%s); retrying", self.job_id, exc)
-                await asyncio.sleep(self.poll_interval)
-                continue
-            failures = 0
+                async for attempt in async_retrying(
+                    describe_backoff,
+                    lambda exc: not isinstance(exc, ConfigError | CredentialsError),
+                    what=f"describe {self.job_id}",
+                    kind="backend",
+                    logger=self.log,
+                ):
+                    with attempt:
+                        tries = attempt.retry_state.attempt_number
+                        seen = await asyncio.to_thread(backend.describe, [self.job_id])
+            except Exception as exc:  # the task must learn why, not time out
+                times = "once" if tries == 1 else f"{tries} times"
+                return self._event("error", message=f"describe failed {times}: {exc}")
             obs = seen.get(self.job_id)
             if obs is None:
                 return self._event("gone")

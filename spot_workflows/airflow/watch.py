@@ -1,130 +1,20 @@
-"""One check of "has the watched step been told to go away?", shared by the sensor and its trigger.
+"""Kept for compatibility: termination watching lives in :mod:`spot_workflows.termination`
+(it has no Airflow in it, and Prefect uses it too)."""
 
-No Airflow import. A :class:`TerminationWatch` combines two sources:
+from spot_workflows.termination import (
+    DEFAULT_KINDS,
+    NoticeSource,
+    TerminationWatch,
+    _payload,
+    normalize_kinds,
+    payload_notice,
+)
 
-* a notice source (local events file, AWS SQS consumer, GCP watcher): interruption warnings,
-  rebalance recommendations, preempted jobs, filtered by step key, queue and kind;
-* optionally the watched step's ledger: a PREEMPTED attempt that ended after ``since`` is a
-  preempted job on any backend, and a step with no live attempt whose last attempt was not
-  preempted has finished -- nothing more will come, so the watch ends.
-
-The ledger is read *before* the notices: a notice always precedes the end of its job, so a
-finished ledger plus the notices read after it cannot miss a notice of that step.
-"""
-
-from __future__ import annotations
-
-from collections.abc import Iterable
-from typing import Any
-
-from spot_workflows.airflow.connections import NoticeSource
-from spot_workflows.core.outcomes import NoticeKind, Outcome, TerminationNotice
-from spot_workflows.errors import ConfigError
-from spot_workflows.ledger import LEDGER_PATH, Ledger
-from spot_workflows.runtime.store import CheckpointStore
-
-DEFAULT_KINDS = ("INTERRUPTION", "REBALANCE", "PREEMPTED")
-
-
-def normalize_kinds(kinds: Iterable[str] | str) -> tuple[str, ...]:
-    """Kinds as a sorted tuple of :class:`NoticeKind` names (stable for serialization)."""
-    if isinstance(kinds, str):
-        kinds = [k.strip() for k in kinds.split(",") if k.strip()]
-    out = set()
-    for kind in kinds:
-        name = str(kind).upper()
-        if name not in NoticeKind.__members__:
-            raise ConfigError(
-                f"unknown notice kind {kind!r}; choose from {', '.join(NoticeKind.__members__)}"
-            )
-        out.add(name)
-    if not out:
-        raise ConfigError("kinds must name at least one notice kind, e.g. ['INTERRUPTION']")
-    return tuple(sorted(out))
-
-
-def _payload(notice: TerminationNotice) -> dict[str, Any]:
-    return {
-        "terminated": True,
-        "kind": notice.kind.value,
-        "source": notice.source,
-        "step_key": notice.step_key,
-        "job_id": notice.job_id,
-        "notice": notice.model_dump(mode="json"),
-    }
-
-
-class TerminationWatch:
-    def __init__(
-        self,
-        *,
-        source: NoticeSource,
-        step_key: str | None,
-        job_queue: str | None,
-        kinds: Iterable[str],
-        since: float,
-        checkpoint_uri: str | None = None,
-    ) -> None:
-        if checkpoint_uri and not step_key:
-            raise ConfigError("watching a step's ledger (checkpoint_uri) needs its step_key too")
-        self.source = source
-        self.step_key = step_key
-        self.job_queue = job_queue
-        self.kinds = set(normalize_kinds(kinds))
-        self.since = since
-        self.store = CheckpointStore(checkpoint_uri) if checkpoint_uri else None
-        self._reported: set[int] = set()
-
-    def matches(self, notice: TerminationNotice) -> bool:
-        if notice.kind.value not in self.kinds:
-            return False
-        if self.step_key and notice.step_key != self.step_key:
-            return False
-        if self.job_queue:
-            queue = str(notice.detail.get("queue") or notice.detail.get("jobQueue") or "")
-            if queue != self.job_queue and not queue.endswith(f"/{self.job_queue}"):
-                return False
-        return True
-
-    def _ledger(self) -> tuple[list[dict[str, Any]], str | None]:
-        """(preempted-attempt payloads not yet reported, finished reason or None)."""
-        if self.store is None or self.store.read(LEDGER_PATH) is None:
-            return [], None
-        ledger = Ledger.open(self.store, self.step_key or "")
-        track = getattr(self.source, "track_attempts", None)
-        if track is not None:  # AWS / GCP sources tie events to steps through the attempts
-            track(ledger.step_key, ledger.attempts)
-        out = []
-        for a in ledger.attempts:
-            if (
-                a.outcome is Outcome.PREEMPTED
-                and "PREEMPTED" in self.kinds
-                and (a.ended_at or 0) >= self.since
-                and a.number not in self._reported
-            ):
-                self._reported.add(a.number)
-                notice = TerminationNotice(
-                    kind=NoticeKind.PREEMPTED,
-                    source="ledger",
-                    job_id=a.job_id,
-                    instance_id=a.instance_id,
-                    step_key=ledger.step_key,
-                    detail={"attempt": a.number, "capacity": a.capacity.value, "reason": a.reason},
-                )
-                out.append(_payload(notice))
-        attempts = ledger.attempts
-        last = attempts[-1] if attempts else None
-        if last is not None and not last.live and last.outcome is not Outcome.PREEMPTED:
-            return out, f"step {ledger.step_key} finished: attempt {last.number} {last.outcome}"
-        return out, None
-
-    def check(self) -> list[dict[str, Any]]:
-        """Payloads of what happened since the last check; the last is ``terminated: False``
-        when the watched step finished without (further) notices."""
-        from_ledger, finished = self._ledger()
-        payloads = [_payload(n) for n in self.source.poll() if self.matches(n)]
-        if not payloads:
-            payloads = from_ledger
-        if not payloads and finished is not None:
-            payloads = [{"terminated": False, "step_key": self.step_key, "reason": finished}]
-        return payloads
+__all__ = [
+    "DEFAULT_KINDS",
+    "NoticeSource",
+    "TerminationWatch",
+    "_payload",
+    "normalize_kinds",
+    "payload_notice",
+]

@@ -28,6 +28,7 @@ from spot_workflows.backends.aws_jobs import (
     job_definition,
     job_definition_name,
     observation_from_job,
+    resource_requirements,
     retry_strategy,
 )
 from spot_workflows.backends.base import attempt_env
@@ -178,6 +179,10 @@ class AwsBatchBackend:
     def record_notice(self, job_id: str) -> None:
         """An interruption warning was seen for ``job_id``'s instance: exit 143 is a reclaim."""
         self._noticed.add(job_id)
+
+    def check_spec(self, spec: StepSpec) -> None:
+        """Raise ConfigError for a spec AWS Batch cannot run (before anything is recorded)."""
+        resource_requirements(spec)
 
     def ensure_job_definition(self, spec: StepSpec) -> str:
         """ARN (with revision) of the ACTIVE job definition for ``spec``; registers it once."""

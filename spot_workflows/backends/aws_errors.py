@@ -3,7 +3,9 @@
 Every AWS call the package makes goes through :class:`AwsCaller`, which
 
 - retries throttling, 5xx answers and dropped connections with capped exponential backoff and
-  full jitter, at most ``RetryPolicy.max_attempts`` times (never unbounded);
+  full jitter, at most ``RetryPolicy.max_attempts`` tries (never unbounded), through the
+  package's one retry helper (:mod:`spot_workflows.retrying`); missing or rejected credentials
+  are never retried;
 - translates botocore exceptions into :mod:`spot_workflows.errors` with text that says what to fix
  . Credentials are never logged or put into messages.
 
@@ -45,6 +47,7 @@ from spot_workflows.errors import (
     NotFoundError,
     SpotWorkflowsError,
 )
+from spot_workflows.retrying import Backoff, retrying
 
 log = logging.getLogger("spot_workflows.aws")
 
@@ -137,21 +140,28 @@ POLICY_HELP = "attach the policy printed by `spot-workflows aws bootstrap --prin
 
 @dataclass(frozen=True, kw_only=True)
 class RetryPolicy:
-    """Bounded retry of throttling / 5xx / connection errors: capped exponential full jitter."""
+    """Bounded retry of throttling / 5xx / connection errors: capped exponential full jitter
+    (a :class:`~spot_workflows.retrying.Backoff` with ``attempts=max_attempts``)."""
 
     max_attempts: int = 5
     base_s: float = 0.5
     cap_s: float = 20.0
+    total_s: float | None = None
 
     def __post_init__(self) -> None:
-        if not 1 <= self.max_attempts <= 20:
+        if isinstance(self.max_attempts, bool) or not 1 <= self.max_attempts <= 20:
             raise ConfigError(f"max_attempts must be between 1 and 20, got {self.max_attempts}")
-        if self.base_s < 0 or self.cap_s < self.base_s:
-            raise ConfigError("backoff needs 0 <= base_s <= cap_s")
+        _ = self.backoff  # validates base_s, cap_s and total_s
+
+    @property
+    def backoff(self) -> Backoff:
+        return Backoff(
+            attempts=self.max_attempts, base_s=self.base_s, cap_s=self.cap_s, total_s=self.total_s
+        )
 
     def delay(self, retry: int, rng: Callable[[], float] = random.random) -> float:
         """Seconds to wait before retry number ``retry`` (1-based)."""
-        return rng() * min(self.cap_s, self.base_s * 2 ** (retry - 1))
+        return self.backoff.delay(retry, rng)
 
 
 def error_code(exc: ClientError) -> str:
@@ -319,23 +329,27 @@ class AwsCaller:
         """``before_retry`` runs before each retry; a non-None result is returned instead of
         retrying (submit uses it to find a job that AWS accepted before the answer was lost)."""
         action = self.action(client, operation)
-        for attempt in range(1, self.retry.max_attempts + 1):
-            try:
-                return getattr(client, operation)(**params)
-            except (BotoCoreError, ClientError) as exc:
-                if not is_retryable(exc) or attempt == self.retry.max_attempts:
-                    raise translate(exc, action=action, what=what, region=self.region) from exc
-                delay = self.retry.delay(attempt, self.rng)
-                log.warning(
-                    "%s failed (%s), retry %d/%d in %.2fs",
-                    action,
-                    error_code(exc) if isinstance(exc, ClientError) else type(exc).__name__,
-                    attempt,
-                    self.retry.max_attempts - 1,
-                    delay,
-                )
-                self.retries += 1
-                self.sleep(delay)
-                if before_retry is not None and (found := before_retry()) is not None:
-                    return found
+
+        def count(_: object) -> None:
+            self.retries += 1
+
+        loop = retrying(
+            self.retry.backoff,
+            is_retryable,
+            what=action,
+            kind="AWS",
+            sleep=self.sleep,
+            logger=log,
+            rng=self.rng,
+            on_retry=count,
+        )
+        try:
+            for attempt in loop:
+                with attempt:
+                    again = attempt.retry_state.attempt_number > 1
+                    if again and before_retry is not None and (found := before_retry()) is not None:
+                        return found
+                    return getattr(client, operation)(**params)
+        except (BotoCoreError, ClientError) as exc:
+            raise translate(exc, action=action, what=what, region=self.region) from exc
         raise AssertionError("unreachable")  # pragma: no cover

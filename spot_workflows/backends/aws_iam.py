@@ -9,7 +9,34 @@ permissions, so they are granted on ``*``.
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+from spot_workflows.errors import ConfigError
+
+_BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+def parse_checkpoint_bucket(value: str) -> tuple[str, str]:
+    """``my-ckpts``, ``my-ckpts/runs`` or ``s3://my-ckpts/runs`` -> (bucket, prefix)."""
+    rest = value[len("s3://") :] if value.startswith("s3://") else value
+    if "://" in rest:
+        raise ConfigError(
+            f"checkpoint bucket {value!r}: give a bucket name (my-ckpts) or an s3:// URI "
+            "(s3://my-ckpts/runs)"
+        )
+    bucket, _, prefix = rest.partition("/")
+    prefix = prefix.strip("/")
+    if not _BUCKET.fullmatch(bucket) or ".." in bucket:
+        raise ConfigError(
+            f"checkpoint bucket {value!r}: {bucket!r} is not an S3 bucket name (up to 63 letters, "
+            "digits, '.', '-' or '_', starting with a letter or digit)"
+        )
+    if any(part in ("", ".", "..") for part in prefix.split("/")) and prefix:
+        raise ConfigError(f"checkpoint bucket {value!r}: the prefix has an empty, '.' or '..' part")
+    if "*" in prefix or "?" in prefix:
+        raise ConfigError(f"checkpoint bucket {value!r}: the prefix must not contain * or ?")
+    return bucket, prefix
 
 
 def iam_policy(
@@ -73,6 +100,8 @@ def iam_policy(
         },
     ]
     if checkpoint_bucket:
+        bucket, prefix = parse_checkpoint_bucket(checkpoint_bucket)
+        objects = f"{bucket}/{prefix}/*" if prefix else f"{bucket}/*"
         st.append(
             {
                 "Sid": "Checkpoints",
@@ -84,17 +113,18 @@ def iam_policy(
                     "s3:AbortMultipartUpload",
                     "s3:ListMultipartUploadParts",
                 ],
-                "Resource": f"{p}:s3:::{checkpoint_bucket}/*",
+                "Resource": f"{p}:s3:::{objects}",
             }
         )
-        st.append(
-            {
-                "Sid": "CheckpointListing",
-                "Effect": "Allow",
-                "Action": ["s3:ListBucket"],
-                "Resource": f"{p}:s3:::{checkpoint_bucket}",
-            }
-        )
+        listing: dict[str, Any] = {
+            "Sid": "CheckpointListing",
+            "Effect": "Allow",
+            "Action": ["s3:ListBucket"],
+            "Resource": f"{p}:s3:::{bucket}",
+        }
+        if prefix:
+            listing["Condition"] = {"StringLike": {"s3:prefix": [prefix, f"{prefix}/*"]}}
+        st.append(listing)
     if job_role_arn:
         st.append(
             {

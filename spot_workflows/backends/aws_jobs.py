@@ -22,6 +22,8 @@ from spot_workflows.errors import BackendError, ConfigError
 RECLAIM_RETRY_GLOB = "Host EC2*"
 """``onStatusReason`` glob of a Batch-level in-place retry of reclaimed jobs (trailing * only)."""
 MIN_TIMEOUT_S = 60  # AWS Batch's smallest attemptDurationSeconds
+MIN_VCPUS = 1  # EC2 jobs: whole vCPUs, at least one (fractions are Fargate-only)
+MIN_MEMORY_MIB = 4  # EC2 jobs: at least 4 MiB
 MAX_BATCH_ATTEMPTS = 10
 _NAME_OK = re.compile(r"[^A-Za-z0-9_-]+")
 _CONTAINER_INSTANCE = re.compile(r"^arn:aws[\w-]*:ecs:[^:]+:\d+:container-instance/([^/]+)/[^/]+$")
@@ -54,7 +56,13 @@ def retry_strategy(batch_retries: int) -> dict[str, Any] | None:
 
 
 def resource_requirements(spec: StepSpec) -> list[dict[str, str]]:
-    vcpus = f"{spec.vcpus:g}" if spec.vcpus < 1 else str(math.ceil(spec.vcpus))
+    if spec.vcpus < MIN_VCPUS or spec.memory_mib < MIN_MEMORY_MIB:
+        raise ConfigError(
+            f"step {spec.key!r}: AWS Batch on EC2 needs vcpus >= {MIN_VCPUS} and memory_mib >= "
+            f"{MIN_MEMORY_MIB}, got vcpus={spec.vcpus:g} and memory_mib={spec.memory_mib}; "
+            "raise them in the StepSpec"
+        )
+    vcpus = str(math.ceil(spec.vcpus))
     reqs = [{"type": "VCPU", "value": vcpus}, {"type": "MEMORY", "value": str(spec.memory_mib)}]
     if spec.gpus:
         reqs.append({"type": "GPU", "value": str(spec.gpus)})

@@ -182,7 +182,7 @@ class GcpBatchBackend:
                 )
             ],
             compute_resource=batch_v1.ComputeResource(
-                cpu_milli=int(round(spec.vcpus * 1000)), memory_mib=spec.memory_mib
+                cpu_milli=max(1, round(spec.vcpus * 1000)), memory_mib=spec.memory_mib
             ),
             environment=batch_v1.Environment(variables=env),
             max_retry_count=self.in_place_retries,

@@ -2,12 +2,14 @@
 
 Every call the GCP Batch backend makes goes through :func:`call`: transient failures
 (``UNAVAILABLE``, ``DEADLINE_EXCEEDED``, ``INTERNAL``, ``ABORTED``) are retried with capped
-exponential backoff; everything else is translated at once into an error from
-:mod:`spot_workflows.errors` whose text says what to fix.
+exponential backoff by the package's one retry helper (:mod:`spot_workflows.retrying`);
+missing or rejected credentials are never retried; everything else is translated at once into
+an error from :mod:`spot_workflows.errors` whose text says what to fix.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -23,8 +25,11 @@ from spot_workflows.errors import (
     NotFoundError,
     SpotWorkflowsError,
 )
+from spot_workflows.retrying import Backoff, retrying
 
 T = TypeVar("T")
+
+log = logging.getLogger("spot_workflows.gcp")
 
 TRANSIENT: tuple[type[Exception], ...] = (
     gexc.ServiceUnavailable,
@@ -90,6 +95,12 @@ def translate(exc: BaseException, *, what: str) -> SpotWorkflowsError:
     return BackendError(f"GCP Batch failed while trying to {what}: {type(exc).__name__}: {msg}")
 
 
+def is_transient(exc: BaseException) -> bool:
+    """The GCP retry decision: ``UNAVAILABLE``, ``DEADLINE_EXCEEDED``, ``INTERNAL``,
+    ``ABORTED``; never credentials, permissions or bad requests."""
+    return isinstance(exc, TRANSIENT)
+
+
 def call(
     fn: Callable[[], T],
     *,
@@ -102,18 +113,23 @@ def call(
 ) -> T:
     """Run ``fn``; retry transient errors up to ``tries`` times; translate the rest.
 
+    Waits ``min(max_backoff_s, backoff_s * 2**(n-1))`` before retry ``n`` (no jitter).
     Exceptions in ``passthrough`` (e.g. ``NotFound`` for a lookup, ``AlreadyExists`` for a
     create) are re-raised untouched for the caller to handle.
     """
-    for attempt in range(1, max(1, tries) + 1):
-        try:
-            return fn()
-        except passthrough:
-            raise
-        except TRANSIENT as exc:
-            if attempt >= tries:
-                raise translate(exc, what=what) from exc
-            sleep(min(max_backoff_s, backoff_s * 2 ** (attempt - 1)))
-        except (gexc.GoogleAPICallError, auth_exc.GoogleAuthError) as exc:
-            raise translate(exc, what=what) from exc
-    raise AssertionError("unreachable")  # pragma: no cover
+    backoff = Backoff(
+        attempts=max(1, tries),
+        base_s=min(backoff_s, max_backoff_s),
+        cap_s=max_backoff_s,
+        jitter=False,
+    )
+
+    def again(exc: BaseException) -> bool:
+        return not isinstance(exc, passthrough) and is_transient(exc)
+
+    try:
+        return retrying(backoff, again, what=what, kind="GCP", sleep=sleep, logger=log)(fn)
+    except passthrough:
+        raise
+    except (gexc.GoogleAPICallError, auth_exc.GoogleAuthError) as exc:
+        raise translate(exc, what=what) from exc

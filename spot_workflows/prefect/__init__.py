@@ -1,4 +1,5 @@
-"""Prefect 3 integration: spot tasks, configuration blocks, events and artifacts.
+"""Prefect 3 integration: spot tasks, configuration blocks, termination sensing, events and
+artifacts.
 
 This package imports Prefect; nothing else in spot_workflows imports it. It is also the
 ``prefect.collections`` entry point, so importing it registers the blocks with Prefect.
@@ -30,6 +31,7 @@ from spot_workflows.prefect.events import (
     StepEventEmitter,
     event_name,
 )
+from spot_workflows.prefect.options import StepOptions
 from spot_workflows.prefect.tasks import (
     SpotStepResult,
     SpotTask,
@@ -39,6 +41,7 @@ from spot_workflows.prefect.tasks import (
     spot_step,
     spot_task,
 )
+from spot_workflows.prefect.termination import TERMINATION_EVENT, wait_for_termination
 
 __all__ = [
     "AUTOMATION_EVENTS",
@@ -51,6 +54,8 @@ __all__ = [
     "SpotStepResult",
     "SpotTask",
     "StepEventEmitter",
+    "StepOptions",
+    "TERMINATION_EVENT",
     "artifact_key",
     "derive_step_key",
     "event_name",
@@ -60,4 +65,5 @@ __all__ = [
     "run_spot_step",
     "spot_step",
     "spot_task",
+    "wait_for_termination",
 ]

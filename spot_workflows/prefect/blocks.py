@@ -1,9 +1,12 @@
 """Prefect blocks that configure spot steps: the spot policy and one backend block per kind.
 
 Every block validates on construction (and on ``Block.load``): a bad value raises a pydantic
-``ValidationError`` that names the field. Secrets are ``SecretStr`` and never appear in reprs,
-logs or the Prefect UI. The blocks are registered through the ``prefect.collections`` entry point,
-so a Prefect server that has spot-workflows installed lists them.
+``ValidationError`` that names the field. A backend block is a view of its backend's settings
+model (:mod:`spot_workflows.backends.settings`, shared with the Airflow connections): its fields
+are the model's, and the model builds the backend and its termination notice source. Secrets are
+``SecretStr`` and never appear in reprs, logs or the Prefect UI. The blocks are registered
+through the ``prefect.collections`` entry point, so a Prefect server that has spot-workflows
+installed lists them.
 """
 
 from __future__ import annotations
@@ -16,20 +19,20 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from prefect.blocks.core import Block
 from pydantic import BaseModel, Field, create_model, field_validator, model_validator
 
 from spot_workflows.backends.base import Backend
+from spot_workflows.backends.notice_sources import NoticeSource
+from spot_workflows.backends.settings import BackendSettings, LocalSettings, rename_deprecated
 from spot_workflows.config import SpotPolicy, validate_checkpoint_uri
 from spot_workflows.errors import ConfigError
 from spot_workflows.runtime.store import CheckpointStore
 
 DOCS_URL = "https://github.com/spot-workflows/spot-workflows/blob/main/docs/prefect.md"
 """Where the blocks' documentation lives (the Prefect UI links it from each block type)."""
-
-NonNegative = Annotated[float, Field(ge=0)]
 
 
 def spot_workflows_home() -> Path:
@@ -99,8 +102,32 @@ class SpotPolicyBlock(Block, _policy_fields()):  # type: ignore[misc]
         return SpotPolicy(**{name: getattr(self, name) for name in SpotPolicy.model_fields})
 
 
+def settings_fields(model: type[BackendSettings]) -> type[BaseModel]:
+    """A model with exactly the settings model's fields (but ``checkpoint_root``, which every
+    backend block has), constraints, defaults and descriptions: a block's fields follow its
+    backend's settings, with nothing to keep in sync."""
+    fields: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        if name == "checkpoint_root":
+            continue
+        annotation = (
+            Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+        )
+        if info.default_factory is not None:
+            spec = Field(default_factory=info.default_factory, description=info.description)
+        elif info.is_required():
+            spec = Field(description=info.description)
+        else:
+            spec = Field(default=info.default, description=info.description)
+        fields[name] = (annotation, spec)
+    return create_model(f"{model.__name__}Fields", **fields)
+
+
 class SpotBackendBlock(Block, ABC):
     """Where spot steps run and where their checkpoints and ledger live (interface)."""
+
+    settings_model: ClassVar[type[BackendSettings] | None] = None
+    """The backend's settings model this block is a view of."""
 
     checkpoint_root: str | None = Field(
         default=None,
@@ -110,10 +137,32 @@ class SpotBackendBlock(Block, ABC):
         ),
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_settings(cls, data: Any) -> Any:
+        model = cls.settings_model
+        return data if model is None else rename_deprecated(data, model.RENAMED, cls.__name__)
+
     @field_validator("checkpoint_root")
     @classmethod
     def _checkpoint_root(cls, value: str | None) -> str | None:
         return None if value is None else validate_checkpoint_uri(value)
+
+    @model_validator(mode="after")
+    def _valid_settings(self) -> SpotBackendBlock:
+        if self.settings_model is not None:
+            self.settings()  # cross-field rules live in the settings model; errors name the field
+        return self
+
+    def settings(self) -> BackendSettings:
+        """The validated backend settings this block describes."""
+        model = self.settings_model
+        if model is None:
+            raise NotImplementedError(f"{type(self).__name__} has no settings model")
+        data = {name: getattr(self, name) for name in model.model_fields if hasattr(self, name)}
+        name = getattr(self, "_block_document_name", None)
+        what = f"{type(self).__name__} block" + (f" {name!r}" if name else "")
+        return model.load(data, what=what)
 
     def checkpoint_uri_for(self, step_key: str) -> str:
         """Checkpoint URI of one step: ``<checkpoint_root>/<step_key>``."""
@@ -134,12 +183,16 @@ class SpotBackendBlock(Block, ABC):
             "(e.g. s3://bucket/checkpoints) or pass checkpoint_uri= to the step"
         )
 
+    def notice_source(self, *, since: float | None) -> NoticeSource:
+        """Where this backend's termination notices come from (see ``wait_for_termination``)."""
+        return self.settings().notice_source(since=since)
+
     @abstractmethod
     def open_backend(self, *, step_key: str) -> AbstractContextManager[Backend]:
         """A context manager yielding a live :class:`Backend` for one step."""
 
 
-class LocalBackendBlock(SpotBackendBlock):
+class LocalBackendBlock(SpotBackendBlock, settings_fields(LocalSettings)):  # type: ignore[misc]
     """Run spot steps on this machine: real subprocesses and a simulated spot market.
 
     Steps run on the local spot cloud of ``state_dir`` (one daemon per directory, shared by
@@ -158,114 +211,26 @@ class LocalBackendBlock(SpotBackendBlock):
 
     _block_type_name = "Spot Workflows Local Backend"
     _documentation_url = DOCS_URL
+    settings_model = LocalSettings
 
-    state_dir: str | None = Field(
-        default=None,
-        description=(
-            "State directory of the local spot cloud; defaults to $SPOT_WORKFLOWS_LOCAL_DIR, "
-            "else ~/.spot-workflows/local."
-        ),
-    )
-    reclaim_after_s: list[Annotated[float, Field(gt=0)]] = Field(
-        default_factory=list,
-        description=(
-            "Scheduled market: the n-th spot attempt of a step is reclaimed this many seconds "
-            "after it starts; later attempts are never reclaimed."
-        ),
-    )
-    spot_unavailable: list[tuple[NonNegative, NonNegative]] = Field(
-        default_factory=list,
-        description="Scheduled market: (start, end) windows, in seconds, with no spot capacity.",
-    )
-    reclaim_after_checkpoint: bool = Field(
-        default=False,
-        description=(
-            "Scheduled market: count reclaim_after_s from each attempt's first new checkpoint "
-            "instead of its start (every reclaimed attempt has made progress, whatever the load)."
-        ),
-    )
-    poisson_rate_per_hour: float | None = Field(
-        default=None, gt=0, description="Poisson market: reclaims per hour of spot run time."
-    )
-    market_seed: int = Field(default=0, description="Seed of the Poisson market.")
-    trace_path: str | None = Field(
-        default=None, description="Trace market: path of an availability trace (JSON)."
-    )
-    trace_tick_s: float | None = Field(
-        default=None, gt=0, description="Trace market: seconds each trace tick is replayed as."
-    )
-    notice_window_s: float = Field(
-        default=2.0,
-        ge=0,
-        description="Seconds between the termination notice and SIGTERM (AWS gives 120).",
-    )
-    grace_s: float = Field(default=5.0, ge=0, description="Seconds from SIGTERM to SIGKILL.")
-
-    @field_validator("spot_unavailable")
-    @classmethod
-    def _windows(cls, value: list[tuple[float, float]]) -> list[tuple[float, float]]:
-        for start, end in value:
-            if end <= start:
-                raise ValueError(f"window ({start}, {end}) must end after it starts")
-        return value
-
-    @model_validator(mode="after")
-    def _one_market(self) -> LocalBackendBlock:
-        chosen = [
-            name
-            for name, used in (
-                ("reclaim_after_s/spot_unavailable", self.reclaim_after_s or self.spot_unavailable),
-                ("poisson_rate_per_hour", self.poisson_rate_per_hour is not None),
-                ("trace_path", self.trace_path is not None),
-            )
-            if used
-        ]
-        if len(chosen) > 1:
-            raise ValueError(f"choose one spot market, not {' and '.join(chosen)}")
-        return self
+    def settings(self) -> LocalSettings:
+        return super().settings()  # type: ignore[return-value]
 
     def default_checkpoint_root(self) -> str:
         return f"file://{spot_workflows_home() / 'checkpoints'}"
 
     def cloud_state_dir(self) -> Path:
         """The local spot cloud's state directory (one daemon per directory)."""
-        from spot_workflows.backends.local import default_state_dir
-
-        return (
-            Path(self.state_dir).expanduser().resolve() if self.state_dir else default_state_dir()
-        )
+        return self.settings().cloud_state_dir()
 
     def step_state_dir(self, step_key: str) -> Path:
         """Kept for compatibility: every step of a block shares its cloud's state directory."""
         return self.cloud_state_dir()
 
     def make_market(self) -> Any:
-        from spot_workflows.backends.local import market as local_market
-
-        if self.poisson_rate_per_hour is not None:
-            return local_market.PoissonMarket(
-                rate_per_hour=self.poisson_rate_per_hour, seed=self.market_seed
-            )
-        if self.trace_path is not None:
-            return local_market.TraceMarket.from_file(
-                self.trace_path, tick_seconds=self.trace_tick_s
-            )
-        if self.reclaim_after_s or self.spot_unavailable:
-            return local_market.ScheduledMarket(
-                reclaims=tuple(self.reclaim_after_s),
-                unavailable=tuple(self.spot_unavailable),
-                after_checkpoint=self.reclaim_after_checkpoint,
-            )
-        return local_market.NeverReclaimed()
+        return self.settings().make_market()
 
     @contextmanager
     def open_backend(self, *, step_key: str) -> Iterator[Backend]:
-        from spot_workflows.backends.local import LocalBackend
-
-        with LocalBackend(
-            state_dir=self.cloud_state_dir(),
-            market=self.make_market(),
-            notice_window_s=self.notice_window_s,
-            grace_s=self.grace_s,
-        ) as backend:
+        with self.settings().build_backend() as backend:
             yield backend

@@ -274,6 +274,8 @@ def build_spec(
         fields["checkpoint_uri"] = backend.checkpoint_uri_for(key)
     try:
         return StepSpec(**fields)
+    except ConfigError:  # already one line naming the field
+        raise
     except ValidationError as exc:
         raise config_error(exc, f"step {key!r}") from None
 

@@ -306,7 +306,7 @@ class CheckpointStore:
         """Numbers of every ``step-<N>`` directory, newest first (with or without manifest)."""
         self.fs.invalidate_cache()  # other processes write here: never trust cached listings
         try:
-            entries = self.fs.ls(self.root, detail=False)
+            entries = self.retry.call(lambda: self.fs.ls(self.root, detail=False), what=self.root)
         except (FileNotFoundError, NotADirectoryError):
             return []
         found = (_STEP_DIR.fullmatch(posixpath.basename(str(e).rstrip("/"))) for e in entries)

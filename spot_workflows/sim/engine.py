@@ -20,11 +20,20 @@ asked again in the same tick), WAIT lets the tick run.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from spot_workflows.config import SpotPolicy
 from spot_workflows.core.deadline import Outlook, price_per_s
-from spot_workflows.core.outcomes import Action, Attempt, AttemptState, Capacity, Outcome
+from spot_workflows.core.outcomes import (
+    Action,
+    Attempt,
+    AttemptState,
+    Cancel,
+    Capacity,
+    Outcome,
+    Submit,
+)
 from spot_workflows.core.planner import decide
 from spot_workflows.errors import ConfigError
 from spot_workflows.sim.traces import Trace
@@ -61,6 +70,12 @@ def simulate(
     or reaches ``policy.deadline_s``."""
     if policy.deadline_s is None:
         raise ConfigError("the simulator needs a policy with deadline_s set")
+    if not (math.isfinite(work_s) and work_s > 0):
+        raise ConfigError(f"work_s must be a finite number > 0, got {work_s!r}")
+    if not (math.isfinite(restart_overhead_s) and restart_overhead_s >= 0):
+        raise ConfigError(
+            f"restart_overhead_s must be a finite number >= 0, got {restart_overhead_s!r}"
+        )
     gap = trace.gap_s
     avail = trace.available
     deadline = policy.deadline_s
@@ -111,14 +126,12 @@ def simulate(
             action = decision.action
             if action is Action.WAIT:
                 break
-            if action is Action.SUBMIT:
-                assert decision.capacity is not None
+            if isinstance(decision, Submit):
                 live = _submit(attempts, decision.capacity, t, done / work_s, has)
                 if live.state is AttemptState.RUNNING:
                     overhead_left = restart_overhead_s
                 break
-            if action is Action.CANCEL:
-                assert decision.outcome is not None
+            if isinstance(decision, Cancel):
                 _finish(attempts, decision.outcome, t, decision.reason)
                 live = None
                 continue

@@ -13,7 +13,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 from spot_workflows.config import SpotPolicy
-from spot_workflows.core.escalation import AUTO, get_strategy, resolve, strategy_names
+from spot_workflows.core.strategies import AUTO, get_strategy, resolve, strategy_names
 from spot_workflows.errors import ConfigError
 from spot_workflows.sim.engine import ScenarioResult, simulate
 from spot_workflows.sim.traces import Trace
@@ -32,6 +32,26 @@ class Cell:
     starts: int
     spot_usd_per_hour: float = 0.9731
     on_demand_usd_per_hour: float = 3.06
+
+    def __post_init__(self) -> None:
+        for name, low in (
+            ("work_hours", "> 0"),
+            ("deadline_hours", "> 0"),
+            ("restart_hours", ">= 0"),
+            ("spot_usd_per_hour", "> 0"),
+            ("on_demand_usd_per_hour", "> 0"),
+        ):
+            value = getattr(self, name)
+            ok = (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+                and (value > 0 if low == "> 0" else value >= 0)
+            )
+            if not ok:
+                raise ConfigError(f"Cell.{name} must be a finite number {low}, got {value!r}")
+        if isinstance(self.starts, bool) or not isinstance(self.starts, int) or self.starts < 1:
+            raise ConfigError(f"Cell.starts must be an integer >= 1, got {self.starts!r}")
 
     def policy(self, name: str) -> SpotPolicy:
         return SpotPolicy(

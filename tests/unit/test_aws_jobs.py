@@ -146,8 +146,10 @@ def test_job_definition_carries_image_command_resources_and_timeout():
     ]
     assert body["timeout"] == {"attemptDurationSeconds": 60}  # Batch's minimum
     assert "retryStrategy" not in body and "environment" not in props
-    cpu_only = job_definition(spec(vcpus=0.5))["containerProperties"]["resourceRequirements"]
-    assert [r["type"] for r in cpu_only] == ["VCPU", "MEMORY"] and cpu_only[0]["value"] == "0.5"
+    cpu_only = job_definition(spec(vcpus=1))["containerProperties"]["resourceRequirements"]
+    assert [r["type"] for r in cpu_only] == ["VCPU", "MEMORY"] and cpu_only[0]["value"] == "1"
+    with pytest.raises(ConfigError, match="vcpus >= 1 and memory_mib >= 4"):
+        job_definition(spec(vcpus=0.5))  # fractional vCPUs are Fargate-only; EC2 refuses them
     assert job_definition(spec(), wrap=True)["containerProperties"]["command"][:2] == [
         "spot-run",
         "--",

@@ -1,0 +1,145 @@
+"""Settings of the local backend: the local spot cloud's state directory and a simulated market."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Self
+
+from pydantic import Field, field_validator, model_validator
+
+from spot_workflows.backends.settings.common import BackendSettings, SettingError
+
+if TYPE_CHECKING:
+    from spot_workflows.backends.local import LocalBackend
+    from spot_workflows.backends.local.events import LocalEventSource
+    from spot_workflows.backends.local.market import SpotMarket
+
+NonNegative = Annotated[float, Field(ge=0)]
+EVENTS_FILE = "events.jsonl"
+
+
+class LocalSettings(BackendSettings):
+    """The local backend: real subprocesses on this machine and a simulated spot market.
+
+    Steps run on the local spot cloud of ``state_dir`` (one daemon per directory, shared by every
+    process). Choose at most one market: a schedule of reclaims (with optional windows without spot
+    capacity), a Poisson process, or a trace; with none, spot capacity is never reclaimed.
+    """
+
+    KIND = "local"
+    BACKEND = "local"
+    RENAMED = {"reclaims": "reclaim_after_s", "unavailable": "spot_unavailable"}
+
+    state_dir: str | None = Field(
+        default=None,
+        description=(
+            "State directory of the local spot cloud; defaults to $SPOT_WORKFLOWS_LOCAL_DIR, "
+            "else ~/.spot-workflows/local."
+        ),
+    )
+    reclaim_after_s: list[Annotated[float, Field(gt=0)]] = Field(
+        default_factory=list,
+        description=(
+            "Scheduled market: the n-th spot attempt of a step is reclaimed this many seconds "
+            "after it starts; later attempts are never reclaimed."
+        ),
+    )
+    spot_unavailable: list[tuple[NonNegative, NonNegative]] = Field(
+        default_factory=list,
+        description="Scheduled market: (start, end) windows, in seconds, with no spot capacity.",
+    )
+    reclaim_after_checkpoint: bool = Field(
+        default=False,
+        description=(
+            "Scheduled market: count reclaim_after_s from each attempt's first new checkpoint "
+            "instead of its start (every reclaimed attempt has made progress, whatever the load)."
+        ),
+    )
+    poisson_rate_per_hour: float | None = Field(
+        default=None, gt=0, description="Poisson market: reclaims per hour of spot run time."
+    )
+    market_seed: int = Field(default=0, description="Seed of the Poisson market.")
+    trace_path: str | None = Field(
+        default=None, description="Trace market: path of an availability trace (JSON)."
+    )
+    trace_tick_s: float | None = Field(
+        default=None, gt=0, description="Trace market: seconds each trace tick is replayed as."
+    )
+    notice_window_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="Seconds between the termination notice and SIGTERM (AWS gives 120).",
+    )
+    grace_s: float = Field(default=5.0, ge=0, description="Seconds from SIGTERM to SIGKILL.")
+
+    @field_validator("spot_unavailable")
+    @classmethod
+    def _windows(cls, value: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        for start, end in value:
+            if end <= start:
+                raise ValueError(f"window ({start}, {end}) must end after it starts")
+        return value
+
+    @model_validator(mode="after")
+    def _one_market(self) -> Self:
+        chosen = [
+            name
+            for name, used in (
+                ("reclaim_after_s/spot_unavailable", self.reclaim_after_s or self.spot_unavailable),
+                ("poisson_rate_per_hour", self.poisson_rate_per_hour is not None),
+                ("trace_path", self.trace_path is not None),
+            )
+            if used
+        ]
+        if len(chosen) > 1:
+            message = f"choose one spot market, not {' and '.join(chosen)}"
+            raise SettingError(chosen[-1], message)
+        return self
+
+    # -- builders ---------------------------------------------------------------------------------
+    def cloud_state_dir(self) -> Path:
+        """The local spot cloud's state directory (one daemon per directory)."""
+        from spot_workflows.backends.local import default_state_dir
+
+        if self.state_dir:
+            return Path(self.state_dir).expanduser().resolve()
+        return default_state_dir()
+
+    def events_path(self) -> Path:
+        """The local cloud's JSON-lines market events (notices, reclaims)."""
+        return self.cloud_state_dir() / EVENTS_FILE
+
+    def make_market(self) -> SpotMarket:
+        """The simulated spot market these settings choose."""
+        from spot_workflows.backends.local import market
+
+        if self.poisson_rate_per_hour is not None:
+            return market.PoissonMarket(
+                rate_per_hour=self.poisson_rate_per_hour, seed=self.market_seed
+            )
+        if self.trace_path is not None:
+            return market.TraceMarket.from_file(self.trace_path, tick_seconds=self.trace_tick_s)
+        if self.reclaim_after_s or self.spot_unavailable:
+            return market.ScheduledMarket(
+                reclaims=tuple(self.reclaim_after_s),
+                unavailable=tuple(self.spot_unavailable),
+                after_checkpoint=self.reclaim_after_checkpoint,
+            )
+        return market.NeverReclaimed()
+
+    def build_backend(self) -> LocalBackend:
+        """A client of the local spot cloud (not connected yet: ``start()`` or ``with``)."""
+        from spot_workflows.backends.local import LocalBackend
+
+        return LocalBackend(
+            state_dir=self.cloud_state_dir(),
+            market=self.make_market(),
+            notice_window_s=self.notice_window_s,
+            grace_s=self.grace_s,
+        )
+
+    def notice_source(self, *, since: float | None) -> LocalEventSource:
+        """Termination notices of the local cloud: its events file."""
+        from spot_workflows.backends.local.events import LocalEventSource
+
+        return LocalEventSource(path=self.events_path(), since=since)
