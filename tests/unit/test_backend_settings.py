@@ -208,6 +208,8 @@ def test_aws_sessions_from_keys_profile_or_the_default_chain(tmp_path, monkeypat
         "aws_secret_access_key = devsecret\n"
     )
     monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    for name in ("AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE"):  # boto3 ranks these first
+        monkeypatch.delenv(name, raising=False)
     session = AwsSettings(spot_queue="s", on_demand_queue="o", profile_name="dev").boto3_session()
     assert (session.region_name, session.get_credentials().access_key) == ("ap-south-1", "AKIADEV")
     backend = keyed.build_backend()
