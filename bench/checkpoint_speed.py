@@ -42,9 +42,9 @@ from pathlib import Path
 import torch
 
 from spot_workflows.core.outcomes import NoticeKind, TerminationNotice
-from spot_workflows.runtime.async_checkpoint import AsyncCheckpointer
-from spot_workflows.runtime.checkpoint import Checkpointer
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.checkpoint.async_checkpoint import AsyncCheckpointer
+from spot_workflows.runtime.checkpoint.checkpointer import Checkpointer
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 GB = 1e9
 CHUNK = 64 * 1024 * 1024
@@ -155,7 +155,7 @@ def raw_write_of_buffer(ckpt: AsyncCheckpointer, directory: Path, nbytes: int) -
     not hashed; and each checksum over them on ``io_threads`` threads: the bounds of a persist."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from spot_workflows.runtime import bulk_io, digests
+    from spot_workflows.runtime.store import bulk_io, digests
 
     view = ckpt.writer.pool._buffer.view(0, nbytes // 4096 * 4096)
     path = str(directory / "raw-same.bin")

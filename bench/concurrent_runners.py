@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from spot_workflows.backends.local import LocalBackend  # noqa: E402
 from spot_workflows.config import StepSpec  # noqa: E402
 from spot_workflows.ledger import Ledger  # noqa: E402
-from spot_workflows.runtime.store import CheckpointStore  # noqa: E402
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore  # noqa: E402
 
 LOCAL_RUNNER = """
 import json, sys

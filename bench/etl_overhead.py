@@ -35,11 +35,11 @@ from pathlib import Path
 
 from spot_workflows.core.outcomes import NoticeKind, TerminationNotice
 from spot_workflows.examples.etl_shards import EtlJob, plan
-from spot_workflows.runtime.checkpoint import Checkpointer
-from spot_workflows.runtime.shard_ledger import ShardLedger
-from spot_workflows.runtime.shard_queue import ClaimSource
-from spot_workflows.runtime.shard_worker import ShardWorker
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.checkpoint.checkpointer import Checkpointer
+from spot_workflows.runtime.shards.ledger import ShardLedger
+from spot_workflows.runtime.shards.queue import ClaimSource
+from spot_workflows.runtime.shards.worker import ShardWorker
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 SEED = 7
 

@@ -36,9 +36,9 @@ from prefect.runtime import deployment, flow_run
 
 from spot_workflows.prefect import LocalBackendBlock, SpotPolicyBlock, run_spot_step
 from spot_workflows.prefect.blocks import spot_workflows_home
-from spot_workflows.runtime.shard_ledger import ROOT as SHARDS
-from spot_workflows.runtime.shard_objects import ShardObjects
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.shards.ledger import ROOT as SHARDS
+from spot_workflows.runtime.shards.objects import ShardObjects
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 CHECKED = "checked.json"
 """Written in a run's scratch directory once its output was checked and its scratch deleted."""

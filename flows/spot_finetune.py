@@ -24,7 +24,7 @@ from prefect import flow, task
 from spot_workflows.examples import toy_train
 from spot_workflows.prefect import LocalBackendBlock, SpotPolicyBlock, SpotStepResult, spot_task
 from spot_workflows.prefect.blocks import spot_workflows_home
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 
 @task

@@ -261,7 +261,7 @@ def ledger_group() -> None:
 def ledger_show(checkpoint_uri: str, key: str, as_json: bool) -> None:
     """Show the attempt ledger stored next to a step's checkpoints."""
     from spot_workflows.ledger import LEDGER_PATH, Ledger
-    from spot_workflows.runtime.store import CheckpointStore
+    from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
     store = guard(lambda: CheckpointStore(checkpoint_uri))
     if guard(lambda: store.read(LEDGER_PATH)) is None:
@@ -296,7 +296,7 @@ def ledger_reopen(checkpoint_uri: str, key: str, yes: bool) -> None:
     import time
 
     from spot_workflows.ledger import Ledger
-    from spot_workflows.runtime.store import CheckpointStore
+    from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
     ledger = guard(lambda: Ledger.open(CheckpointStore(checkpoint_uri), key))
     last = ledger.attempts[-1] if ledger.attempts else None

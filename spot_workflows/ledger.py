@@ -27,8 +27,8 @@ from pydantic import BaseModel, Field, ValidationError
 
 from spot_workflows.core.outcomes import Attempt, AttemptState, Capacity, Observation, Outcome
 from spot_workflows.errors import LedgerError, WriteConflictError
-from spot_workflows.runtime.store import CheckpointStore
-from spot_workflows.runtime.store_cas import read_versioned, write_if
+from spot_workflows.runtime.store.cas import read_versioned, write_if
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 LEDGER_PATH = "ledger.json"
 _NAME_OK = re.compile(r"[^A-Za-z0-9-]+")

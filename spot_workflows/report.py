@@ -14,7 +14,7 @@ from spot_workflows.core.cost import CostTotals, PriceCatalog, StepCost, savings
 from spot_workflows.core.outcomes import Attempt
 from spot_workflows.errors import ConfigError, LedgerError
 from spot_workflows.ledger import LEDGER_PATH, LedgerDoc
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 
 class CheckpointMark(BaseModel):

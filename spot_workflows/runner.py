@@ -41,7 +41,7 @@ from spot_workflows.errors import (
     StepInterruptedError,
 )
 from spot_workflows.ledger import AttemptIsLive, Ledger, LedgerMoved
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 log = logging.getLogger("spot_workflows.runner")
 

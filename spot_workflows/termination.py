@@ -22,7 +22,7 @@ from spot_workflows.backends.notice_sources import NoticeSource
 from spot_workflows.core.outcomes import NoticeKind, Outcome, TerminationNotice
 from spot_workflows.errors import ConfigError
 from spot_workflows.ledger import LEDGER_PATH, Ledger
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 DEFAULT_KINDS = ("INTERRUPTION", "REBALANCE", "PREEMPTED")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from spot_workflows.backends.local import LocalBackend
 from spot_workflows.demo import last_step_in_log
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 
 def _launched_spot_jobs(state_root: Path) -> list[tuple[Path, dict]]:

@@ -55,7 +55,7 @@ from spot_workflows.core.outcomes import Action, Attempt, Decision, Wait
 from spot_workflows.errors import ConfigError, LedgerError, NotFoundError
 from spot_workflows.ledger import Ledger
 from spot_workflows.runner import RunnerEvent, StepRunner, market_probe
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

@@ -33,7 +33,7 @@ from spot_workflows.core.classify import CANCEL_REASON_PREFIX
 from spot_workflows.core.outcomes import AttemptState
 from spot_workflows.errors import LedgerError, NotFoundError
 from spot_workflows.ledger import Ledger
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 MAX_DESCRIBE_FAILURES = 5
 SETTLE_MARGIN_S = 5.0

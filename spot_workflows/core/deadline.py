@@ -20,8 +20,8 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from spot_workflows.config import SpotPolicy
 from spot_workflows.core.outcomes import Attempt, AttemptState, Capacity, Outcome
+from spot_workflows.core.spot_policy import SpotPolicy
 
 HOUR = 3600.0
 DEFAULT_OVERHEAD_S = 300.0

@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from spot_workflows.config import SpotPolicy
 from spot_workflows.core.deadline import Situation
 from spot_workflows.core.outcomes import Attempt, Capacity, Outcome
+from spot_workflows.core.spot_policy import SpotPolicy
 from spot_workflows.errors import ConfigError
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from spot_workflows.config import SpotPolicy
 from spot_workflows.core.deadline import HOUR, Outlook, Situation, price_per_s, situation
 from spot_workflows.core.outcomes import (
     Attempt,
@@ -29,6 +28,7 @@ from spot_workflows.core.outcomes import (
     FailCause,
     Outcome,
 )
+from spot_workflows.core.spot_policy import SpotPolicy
 from spot_workflows.core.strategies import (
     DEFAULT_WITHOUT_DEADLINE,
     Choice,

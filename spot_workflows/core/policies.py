@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import math
 
-from spot_workflows.config import SpotPolicy
 from spot_workflows.core.deadline import HOUR, Situation
 from spot_workflows.core.escalation import Choice, History, register
 from spot_workflows.core.outcomes import Capacity
+from spot_workflows.core.spot_policy import SpotPolicy
 
 SPOT, OD = Capacity.SPOT, Capacity.ON_DEMAND
 

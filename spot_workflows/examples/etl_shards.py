@@ -38,22 +38,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from spot_workflows.runtime.checkpoint import Checkpointer
-from spot_workflows.runtime.shard_ledger import ShardLedger
-from spot_workflows.runtime.shard_queue import (
+from spot_workflows.runtime.checkpoint.checkpointer import Checkpointer
+from spot_workflows.runtime.shards.ledger import ShardLedger
+from spot_workflows.runtime.shards.planning import Shard, plan_files
+from spot_workflows.runtime.shards.queue import (
     ClaimSource,
     SqsSource,
     StaticSource,
     array_position,
     enqueue_shards,
 )
-from spot_workflows.runtime.shard_worker import (
+from spot_workflows.runtime.shards.worker import (
     LedgerProgress,
     ShardWorker,
     run_processes,
     worker_id,
 )
-from spot_workflows.runtime.shards import Shard, plan_files
 
 DIM = 1 << 18
 BATCH_ROWS = 4096

@@ -24,9 +24,9 @@ from spot_workflows.backends.local.market import ScheduledMarket
 from spot_workflows.config import SpotPolicy, StepSpec
 from spot_workflows.examples.etl_shards import EtlJob, plan, verify
 from spot_workflows.runner import StepRunner
-from spot_workflows.runtime.shard_ledger import ShardLedger
-from spot_workflows.runtime.shard_worker import LedgerProgress
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.shards.ledger import ShardLedger
+from spot_workflows.runtime.shards.worker import LedgerProgress
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 
 def run(

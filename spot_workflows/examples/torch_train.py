@@ -19,8 +19,8 @@ import time
 
 import torch
 
-from spot_workflows.runtime.async_checkpoint import AsyncCheckpointer
-from spot_workflows.runtime.torch_state import restore_training_state, training_state
+from spot_workflows.runtime.checkpoint.async_checkpoint import AsyncCheckpointer
+from spot_workflows.runtime.checkpoint.torch_state import restore_training_state, training_state
 
 BATCH, BATCHES = 32, 10
 

@@ -8,9 +8,9 @@ Run under spot-workflows (``SPOT_CHECKPOINT_URI`` set): restores the latest chec
 every ``--every`` steps, and on a termination notice saves at once and exits 75. Run with
 ``--reference`` to train uninterrupted with no checkpoints and print the checksum.
 
-Saves go through :class:`~spot_workflows.runtime.async_checkpoint.AsyncCheckpointer` (snapshot,
+Saves go through :class:`~spot_workflows.runtime.checkpoint.async_checkpoint.AsyncCheckpointer` (snapshot,
 then background write; the emergency save flushes the newest snapshot) unless ``--checkpointer
-sync`` picks the plain :class:`~spot_workflows.runtime.checkpoint.Checkpointer`.
+sync`` picks the plain :class:`~spot_workflows.runtime.checkpoint.checkpointer.Checkpointer`.
 :func:`load_checkpoint` reads either format back.
 """
 
@@ -89,7 +89,7 @@ def reference(steps: int, seed: int) -> str:
 
 def load_checkpoint(store, manifest) -> dict:
     """The training state in checkpoint ``manifest`` of ``store`` (either checkpointer's format)."""
-    from spot_workflows.runtime.async_checkpoint import load_state
+    from spot_workflows.runtime.checkpoint.async_checkpoint import load_state
 
     if any(f.name == "state.bin" for f in manifest.files):  # the sync Checkpointer's format
         return unpack(store.read_file(manifest, "state.bin"))
@@ -99,13 +99,13 @@ def load_checkpoint(store, manifest) -> dict:
 def _open(kind: str, every: int) -> tuple[Any, dict | None, Callable[[dict], dict]]:
     """(checkpointer, restored state or None, state -> files to save) for ``--checkpointer``."""
     if kind == "async":
-        from spot_workflows.runtime.async_checkpoint import AsyncCheckpointer
+        from spot_workflows.runtime.checkpoint.async_checkpoint import AsyncCheckpointer
 
         ckpt: Any = AsyncCheckpointer.from_env(every_steps=every)
         restored = ckpt.restore()
         state = unpack(restored.state["state"]) if restored else None
         return ckpt, state, lambda s: {"state": pack(s)}
-    from spot_workflows.runtime.checkpoint import Checkpointer
+    from spot_workflows.runtime.checkpoint.checkpointer import Checkpointer
 
     ckpt = Checkpointer.from_env(every_steps=every)
     restored = ckpt.restore()

@@ -29,7 +29,7 @@ from spot_workflows.backends.notice_sources import NoticeSource
 from spot_workflows.backends.settings import BackendSettings, LocalSettings, rename_deprecated
 from spot_workflows.config import SpotPolicy, validate_checkpoint_uri
 from spot_workflows.errors import ConfigError
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 DOCS_URL = "https://github.com/spot-workflows/spot-workflows/blob/main/docs/prefect.md"
 """Where the blocks' documentation lives (the Prefect UI links it from each block type)."""

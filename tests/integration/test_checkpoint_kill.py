@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 
 from spot_workflows.core.outcomes import RESERVED_EXIT_CODE, NoticeKind, TerminationNotice
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 WRITER = textwrap.dedent(
     """
     import os, sys
     from pathlib import Path
-    from spot_workflows.runtime.store import CheckpointStore
+    from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
     store = CheckpointStore(sys.argv[1], keep_last=int(sys.argv[3]))
     weights = Path(sys.argv[2])
@@ -45,7 +45,7 @@ WRITER = textwrap.dedent(
 TRAINER = textwrap.dedent(
     """
     import sys, time
-    from spot_workflows.runtime.checkpoint import Checkpointer
+    from spot_workflows.runtime.checkpoint.checkpointer import Checkpointer
 
     ck = Checkpointer.from_env(every_steps=5)
     restored = ck.restore()

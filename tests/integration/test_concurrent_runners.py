@@ -22,7 +22,7 @@ from spot_workflows.config import SpotPolicy, StepSpec
 from spot_workflows.core.outcomes import Capacity, Outcome
 from spot_workflows.ledger import Ledger
 from spot_workflows.runner import StepRunner
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 pytestmark = pytest.mark.timeout(240)
 

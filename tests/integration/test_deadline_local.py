@@ -18,7 +18,7 @@ from spot_workflows.errors import BudgetExceededError, DeadlineInfeasibleError
 from spot_workflows.examples.toy_train import reference
 from spot_workflows.ledger import Ledger
 from spot_workflows.runner import StepRunner, market_probe
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 STEPS = 120
 TRAIN = [

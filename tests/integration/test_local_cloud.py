@@ -27,7 +27,7 @@ from spot_workflows.core.outcomes import AttemptState, Capacity, Outcome
 from spot_workflows.errors import StepFailedError
 from spot_workflows.ledger import Ledger
 from spot_workflows.runner import StepRunner
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -20,7 +20,7 @@ from spot_workflows.demo import DemoConfig, last_step_in_log, run_demo
 from spot_workflows.errors import BackendError, StepFailedError
 from spot_workflows.ledger import Ledger
 from spot_workflows.runner import StepRunner
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 TRAIN = [sys.executable, "-m", "spot_workflows.examples.toy_train"]
 

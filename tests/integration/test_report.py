@@ -18,7 +18,7 @@ from spot_workflows.config import SpotPolicy, StepSpec
 from spot_workflows.core.outcomes import Action
 from spot_workflows.ledger import Ledger
 from spot_workflows.runner import StepRunner
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 CLI = str(Path(sys.executable).parent / "spot-workflows")
 CHROMIUM = next(

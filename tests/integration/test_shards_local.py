@@ -19,9 +19,9 @@ import pytest
 
 from spot_workflows.core.outcomes import NoticeKind, TerminationNotice
 from spot_workflows.examples import etl_shards, etl_shards_demo
-from spot_workflows.runtime.shard_ledger import ShardLedger
-from spot_workflows.runtime.shards import plan_row_ranges
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.shards.ledger import ShardLedger
+from spot_workflows.runtime.shards.planning import plan_row_ranges
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 ROWS, PER_FILE, BATCH = 24_000, 3_000, 500
 
@@ -129,9 +129,9 @@ RACER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from spot_workflows.runtime.shard_ledger import ShardLedger
-    from spot_workflows.runtime.shards import plan_row_ranges
-    from spot_workflows.runtime.store import CheckpointStore
+    from spot_workflows.runtime.shards.ledger import ShardLedger
+    from spot_workflows.runtime.shards.planning import plan_row_ranges
+    from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
     uri, worker, go = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     led = ShardLedger(store=CheckpointStore(uri), shards=plan_row_ranges(4000, 100), worker=worker)

@@ -15,9 +15,9 @@ import pytest
 
 from spot_workflows.backends.local.metadata import LocalMetadataServer
 from spot_workflows.core.outcomes import RESERVED_EXIT_CODE, NoticeKind, TerminationNotice
-from spot_workflows.runtime.entrypoint import main
+from spot_workflows.runtime.worker.entrypoint import main
 
-SPOT_RUN = [sys.executable, "-m", "spot_workflows.runtime.entrypoint"]
+SPOT_RUN = [sys.executable, "-m", "spot_workflows.runtime.worker.entrypoint"]
 
 # The child: announces readiness through a file, then reacts to SIGTERM as told by argv[2].
 CHILD = r"""

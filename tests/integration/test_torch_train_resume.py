@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("torch", reason="PyTorch is not installed (extra 'torch')")
 
-from spot_workflows.runtime.store import CheckpointStore  # noqa: E402
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 CMD = [sys.executable, "-m", "spot_workflows.examples.torch_train", "--steps=120", "--every=20"]

@@ -15,7 +15,7 @@ import pytest
 from spot_workflows.backends.local.metadata import LocalMetadataServer
 from spot_workflows.core.outcomes import NoticeKind
 from spot_workflows.errors import ConfigError
-from spot_workflows.runtime.notices import TerminationWatcher
+from spot_workflows.runtime.worker.notices import TerminationWatcher
 
 FAST = {"poll_interval": 0.1, "timeout": 0.3}
 

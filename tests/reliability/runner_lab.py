@@ -2,7 +2,7 @@
 
 A step is driven by :class:`StepRunner` in a "runner life": a real process (forked from this
 one) that opens the backend and runs the step. The campaign SIGKILLs lives at named points
-(``ledger:N``: halfway through the N-th ledger write, :mod:`spot_workflows.runtime.faults`) or at
+(``ledger:N``: halfway through the N-th ledger write, :mod:`spot_workflows.runtime.store.faults`) or at
 random times, and starts a new life until the step reaches a final decision, like an Airflow or
 Prefect retry after a crashed worker. Then it checks what the backend really holds against the
 ledger: one job per attempt and one attempt per job (no duplicate, none lost), every attempt
@@ -37,8 +37,8 @@ from spot_workflows.config import SpotPolicy, StepSpec
 from spot_workflows.errors import StepFailedError
 from spot_workflows.ledger import Ledger
 from spot_workflows.runner import StepRunner
-from spot_workflows.runtime import faults
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.store import faults
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 # name -> (command (MARK is the marker file), market, policy, expected final decision)
 SCENARIOS = {

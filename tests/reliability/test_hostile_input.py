@@ -39,8 +39,8 @@ from spot_workflows.config import StepSpec, validate_checkpoint_uri, validate_st
 from spot_workflows.core.classify import classify_aws, classify_gcp, classify_local
 from spot_workflows.core.outcomes import AttemptState, Observation, TerminationNotice
 from spot_workflows.errors import CheckpointError, ConfigError, NoticeError, SpotWorkflowsError
-from spot_workflows.runtime import notice_parsers as np_
-from spot_workflows.runtime.store import CheckpointStore, check_name
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore, check_name
+from spot_workflows.runtime.worker import notice_parsers as np_
 
 EXAMPLES = int(os.environ.get("SPOT_RELIABILITY_EXAMPLES", "200"))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))

@@ -34,8 +34,8 @@ from spot_workflows.ledger import Ledger
 from spot_workflows.pricing import load_catalog
 from spot_workflows.report import run_report
 from spot_workflows.report_html import render_html
-from spot_workflows.runtime.notices import TerminationWatcher
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
+from spot_workflows.runtime.worker.notices import TerminationWatcher
 
 FAKE_SECRET = "fAkE/sEcReT+aCcEsS0kEy9876543210ZyXwVuTsR"
 FAKE_TOKEN = "IQoJb3JpZ2luX2VjEFAKESESSIONTOKEN" + "q7Zx" * 20
@@ -138,7 +138,7 @@ def prefect_markdown(uri: str, home: Path) -> str:
         f"""
         from spot_workflows.ledger import Ledger
         from spot_workflows.prefect.artifacts import ledger_markdown
-        from spot_workflows.runtime.store import CheckpointStore
+        from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
         ledger = Ledger.open(CheckpointStore({uri!r}), "demo-train")
         print(ledger_markdown(step_key="demo-train", checkpoint_uri={uri!r}, backend="local",
                               attempts=ledger.attempts, status="SUCCEEDED"))

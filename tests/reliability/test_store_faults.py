@@ -30,9 +30,9 @@ from faulty_fs import (
 )
 
 from spot_workflows.errors import CheckpointError
-from spot_workflows.runtime.checkpoint import Checkpointer
-from spot_workflows.runtime.store import CheckpointStore
-from spot_workflows.runtime.store_retry import RetryPolicy, is_transient
+from spot_workflows.runtime.checkpoint.checkpointer import Checkpointer
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
+from spot_workflows.runtime.store.retry import RetryPolicy, is_transient
 
 SAVES = int(os.environ.get("SPOT_RELIABILITY_SAVES", "200"))
 STATS: dict[str, int] = {}
@@ -262,8 +262,8 @@ def test_gcsfs_http_errors_are_translated_not_leaked(gcs_options):
 
 
 def test_async_uploads_retry_transient_errors_and_a_dead_store_keeps_the_previous_checkpoint():
-    from spot_workflows.runtime.async_checkpoint import load_state
-    from spot_workflows.runtime.async_writer import AsyncCheckpointWriter
+    from spot_workflows.runtime.checkpoint.async_checkpoint import load_state
+    from spot_workflows.runtime.checkpoint.async_writer import AsyncCheckpointWriter
 
     store, faults, sleeps = faulty(mem_store())
     writer = AsyncCheckpointWriter(store)

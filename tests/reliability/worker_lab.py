@@ -48,9 +48,9 @@ from pathlib import Path
 from lanes import run_forked_lanes
 
 from spot_workflows.examples.toy_train import _teacher, fresh_state, pack, train_step, unpack
-from spot_workflows.runtime import faults
-from spot_workflows.runtime.checkpoint import Checkpointer
-from spot_workflows.runtime.store import CheckpointStore, CheckpointWarning
+from spot_workflows.runtime.checkpoint.checkpointer import Checkpointer
+from spot_workflows.runtime.store import faults
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore, CheckpointWarning
 
 SAVE_POINTS = ("data", "staged", "manifest", "latest", "tidy")
 MID_WRITE = ("data", "manifest", "latest")

@@ -7,8 +7,8 @@ import pytest
 
 from spot_workflows.core.cadence import DEFAULT_MTBF_S, adaptive_interval, daly_interval
 from spot_workflows.errors import ConfigError
-from spot_workflows.runtime.checkpoint import Checkpointer
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.checkpoint.checkpointer import Checkpointer
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 
 class Clock:

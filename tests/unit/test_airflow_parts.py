@@ -27,7 +27,7 @@ from spot_workflows.config import validate_step_key
 from spot_workflows.core.outcomes import AttemptState, Capacity, Outcome
 from spot_workflows.errors import ConfigError
 from spot_workflows.ledger import Ledger
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 
 def test_these_parts_do_not_import_airflow():

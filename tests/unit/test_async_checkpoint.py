@@ -17,13 +17,13 @@ import pytest
 
 from spot_workflows.core.outcomes import NoticeKind, TerminationNotice
 from spot_workflows.errors import CheckpointError, ConfigError, CorruptCheckpointError
-from spot_workflows.runtime import bulk_io
-from spot_workflows.runtime.async_checkpoint import AsyncCheckpointer, load_state
-from spot_workflows.runtime.async_writer import AsyncCheckpointWriter
-from spot_workflows.runtime.checkpoint import Checkpointer
-from spot_workflows.runtime.snapshot import INDEX, plan
-from spot_workflows.runtime.state_tree import flatten, unflatten
-from spot_workflows.runtime.store import CheckpointStore, CheckpointWarning
+from spot_workflows.runtime.checkpoint.async_checkpoint import AsyncCheckpointer, load_state
+from spot_workflows.runtime.checkpoint.async_writer import AsyncCheckpointWriter
+from spot_workflows.runtime.checkpoint.checkpointer import Checkpointer
+from spot_workflows.runtime.checkpoint.snapshot import INDEX, plan
+from spot_workflows.runtime.checkpoint.state_tree import flatten, unflatten
+from spot_workflows.runtime.store import bulk_io
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore, CheckpointWarning
 
 np = pytest.importorskip("numpy", reason="numpy state needs numpy")
 ROOT = Path(__file__).resolve().parents[2]
@@ -208,10 +208,10 @@ CRASH_CHILD = textwrap.dedent(
     """
     import sys, threading
     import numpy as np
-    from spot_workflows.runtime import bulk_io
-    from spot_workflows.runtime.async_checkpoint import AsyncCheckpointer
-    from spot_workflows.runtime.checkpoint import Checkpointer
-    from spot_workflows.runtime.store import CheckpointStore
+    from spot_workflows.runtime.store import bulk_io
+    from spot_workflows.runtime.checkpoint.async_checkpoint import AsyncCheckpointer
+    from spot_workflows.runtime.checkpoint.checkpointer import Checkpointer
+    from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
     ckpt = AsyncCheckpointer(Checkpointer(CheckpointStore(sys.argv[1]), handle_signals=False),
                              direct_io=False)

@@ -20,7 +20,7 @@ from spot_workflows.ledger import LEDGER_PATH, LedgerDoc
 from spot_workflows.pricing import load_catalog
 from spot_workflows.report import run_report
 from spot_workflows.runner import StepRunner
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 from spot_workflows.sim import Cell, trace_from_data
 from spot_workflows.sim.engine import simulate
 

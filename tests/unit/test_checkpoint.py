@@ -19,8 +19,8 @@ from spot_workflows.core.outcomes import (
     TerminationNotice,
 )
 from spot_workflows.errors import ConfigError
-from spot_workflows.runtime.checkpoint import Checkpointer, EmergencySaveReport
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.checkpoint.checkpointer import Checkpointer, EmergencySaveReport
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 
 class FakeClock:

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from spot_workflows.errors import ConfigError
-from spot_workflows.runtime import digests
-from spot_workflows.runtime.manifest import Manifest, ManifestFile
+from spot_workflows.runtime.store import digests
+from spot_workflows.runtime.store.manifest import Manifest, ManifestFile
 
 
 def test_known_answers():

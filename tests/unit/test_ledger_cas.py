@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from spot_workflows.core.outcomes import AttemptState, Capacity, Observation, Outcome
 from spot_workflows.errors import LedgerError
 from spot_workflows.ledger import AttemptIsLive, Ledger, LedgerMoved
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 _memory_ids = itertools.count()
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from spot_workflows.core.outcomes import NoticeKind, TerminationNotice
 from spot_workflows.errors import NoticeError
-from spot_workflows.runtime.notices import (
+from spot_workflows.runtime.worker.notices import (
     parse_aws_instance_action,
     parse_aws_rebalance,
     parse_gce_maintenance,

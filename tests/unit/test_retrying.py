@@ -13,7 +13,7 @@ from google.auth import exceptions as auth_exc
 
 from spot_workflows.errors import ConfigError, CredentialsError
 from spot_workflows.retrying import Backoff, async_retrying, call, retrying
-from spot_workflows.runtime.store_retry import RetryPolicy, is_transient
+from spot_workflows.runtime.store.retry import RetryPolicy, is_transient
 
 
 class Clock:

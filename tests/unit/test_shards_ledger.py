@@ -11,11 +11,11 @@ import threading
 import pytest
 
 from spot_workflows.errors import CheckpointError, ConfigError, CorruptCheckpointError
-from spot_workflows.runtime.checkpoint import Checkpointer
-from spot_workflows.runtime.shard_ledger import ShardLedger
-from spot_workflows.runtime.shard_objects import ShardObjects
-from spot_workflows.runtime.shards import plan_row_ranges
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.checkpoint.checkpointer import Checkpointer
+from spot_workflows.runtime.shards.ledger import ShardLedger
+from spot_workflows.runtime.shards.objects import ShardObjects
+from spot_workflows.runtime.shards.planning import plan_row_ranges
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 
 class Clock:

@@ -7,8 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from spot_workflows.errors import ConfigError
-from spot_workflows.runtime.shard_queue import array_position
-from spot_workflows.runtime.shards import (
+from spot_workflows.runtime.shards.planning import (
     Shard,
     ShardKind,
     can_finish,
@@ -21,6 +20,7 @@ from spot_workflows.runtime.shards import (
     progress_fraction,
     static_partition,
 )
+from spot_workflows.runtime.shards.queue import array_position
 
 
 @given(total=st.integers(0, 5000), per=st.integers(1, 700))

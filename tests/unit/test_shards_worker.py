@@ -9,12 +9,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from spot_workflows.core.outcomes import RESERVED_EXIT_CODE, NoticeKind, TerminationNotice
-from spot_workflows.runtime.checkpoint import Checkpointer
-from spot_workflows.runtime.shard_ledger import ShardLedger
-from spot_workflows.runtime.shard_queue import ClaimSource, StaticSource
-from spot_workflows.runtime.shard_worker import ShardWorker, WholeShard, run_processes
-from spot_workflows.runtime.shards import plan_row_ranges
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.checkpoint.checkpointer import Checkpointer
+from spot_workflows.runtime.shards.ledger import ShardLedger
+from spot_workflows.runtime.shards.planning import plan_row_ranges
+from spot_workflows.runtime.shards.queue import ClaimSource, StaticSource
+from spot_workflows.runtime.shards.worker import ShardWorker, WholeShard, run_processes
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 
 class SquaresJob:

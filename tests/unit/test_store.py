@@ -14,7 +14,11 @@ from pathlib import Path
 import pytest
 
 from spot_workflows.errors import CheckpointError, ConfigError, CorruptCheckpointError
-from spot_workflows.runtime.store import CheckpointStore, CheckpointWarning, Manifest
+from spot_workflows.runtime.store.checkpoint_store import (
+    CheckpointStore,
+    CheckpointWarning,
+    Manifest,
+)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Compare-and-swap writes (runtime/store_cas.py) on file:// and memory://: no lost updates."""
+"""Compare-and-swap writes (runtime/store/cas.py) on file:// and memory://: no lost updates."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spot_workflows.errors import CheckpointError, ConfigError, WriteConflictError
-from spot_workflows.runtime import store_cas
-from spot_workflows.runtime.store import CheckpointStore
-from spot_workflows.runtime.store_cas import Versioned, read_versioned, write_if
-from spot_workflows.runtime.store_retry import RetryPolicy
+from spot_workflows.runtime.store import cas as store_cas
+from spot_workflows.runtime.store.cas import Versioned, read_versioned, write_if
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
+from spot_workflows.runtime.store.retry import RetryPolicy
 
 LEDGER = "ledger.json"
 FAST_RETRY = RetryPolicy(attempts=3, sleep=lambda s: None)

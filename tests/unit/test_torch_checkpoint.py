@@ -14,21 +14,21 @@ torch = pytest.importorskip("torch", reason="PyTorch is not installed (extra 'to
 np = pytest.importorskip("numpy")
 
 from spot_workflows.errors import CheckpointError, ConfigError  # noqa: E402
-from spot_workflows.runtime.async_checkpoint import AsyncCheckpointer, load_state  # noqa: E402
-from spot_workflows.runtime.checkpoint import Checkpointer  # noqa: E402
-from spot_workflows.runtime.snapshot import INDEX  # noqa: E402
-from spot_workflows.runtime.store import CheckpointStore  # noqa: E402
-from spot_workflows.runtime.torch_state import (  # noqa: E402
+from spot_workflows.runtime.checkpoint.async_checkpoint import AsyncCheckpointer, load_state  # noqa: E402
+from spot_workflows.runtime.checkpoint.checkpointer import Checkpointer  # noqa: E402
+from spot_workflows.runtime.checkpoint.snapshot import INDEX  # noqa: E402
+from spot_workflows.runtime.checkpoint.torch_state import (  # noqa: E402
     restore_training_state,
     rng_states,
     set_rng_states,
     training_state,
 )
-from spot_workflows.runtime.train_callbacks import (  # noqa: E402
+from spot_workflows.runtime.checkpoint.train_callbacks import (  # noqa: E402
     after_train_step,
     hf_trainer_callback,
     lightning_callback,
 )
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore  # noqa: E402
 
 EPOCHS, BATCHES, BATCH = 3, 8, 16
 TOTAL = EPOCHS * BATCHES
@@ -178,7 +178,7 @@ def test_tensors_of_every_dtype_and_layout_come_back_exactly(tmp_path):
 
 
 def test_in_place_updates_after_save_do_not_reach_the_checkpoint(tmp_path, monkeypatch):
-    from spot_workflows.runtime import bulk_io
+    from spot_workflows.runtime.store import bulk_io
 
     held = []
     real = bulk_io.write_local

@@ -23,14 +23,14 @@ from spot_workflows.core.outcomes import (  # noqa: E402
     NoticeKind,
     TerminationNotice,
 )
-from spot_workflows.runtime.async_checkpoint import AsyncCheckpointer  # noqa: E402
-from spot_workflows.runtime.checkpoint import Checkpointer  # noqa: E402
-from spot_workflows.runtime.store import CheckpointStore  # noqa: E402
-from spot_workflows.runtime.torch_state import restore_training_state  # noqa: E402
-from spot_workflows.runtime.train_callbacks import (  # noqa: E402
+from spot_workflows.runtime.checkpoint.async_checkpoint import AsyncCheckpointer  # noqa: E402
+from spot_workflows.runtime.checkpoint.checkpointer import Checkpointer  # noqa: E402
+from spot_workflows.runtime.checkpoint.torch_state import restore_training_state  # noqa: E402
+from spot_workflows.runtime.checkpoint.train_callbacks import (  # noqa: E402
     hf_trainer_callback,
     lightning_callback,
 )
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore  # noqa: E402
 
 DEVICE = os.environ.get("SPOT_TEST_DEVICE", "cpu")
 ON_GPU = DEVICE.startswith("cuda")

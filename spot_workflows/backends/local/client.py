@@ -245,7 +245,13 @@ class LocalBackend:
         )
         command = resolve_python(spec.command)
         if self.wrap:
-            command = [sys.executable, "-m", "spot_workflows.runtime.entrypoint", "--", *command]
+            command = [
+                sys.executable,
+                "-m",
+                "spot_workflows.runtime.worker.entrypoint",
+                "--",
+                *command,
+            ]
         self._step_key = spec.key
         doc = {
             "job_name": job_name,

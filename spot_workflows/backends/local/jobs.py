@@ -21,7 +21,7 @@ from pathlib import Path
 
 from spot_workflows.core.classify import classify_local
 from spot_workflows.core.outcomes import AttemptState, Observation
-from spot_workflows.runtime.store import LATEST, CheckpointStore
+from spot_workflows.runtime.store.checkpoint_store import LATEST, CheckpointStore
 
 JOB, STATUS, RECLAIM, CANCEL = "job.json", "status.json", "reclaim.json", "cancel.json"
 CLAIM, NOTICE, LOG = "supervisor.claim", "notice.json", "output.log"

@@ -17,7 +17,7 @@ import pytest
 from moto_lab import REGION, bootstrap_queues, moto_server
 
 from spot_workflows.ledger import Ledger
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 RECLAIM = "Host EC2 (instance i-0f1e2d3c4b5a69788) terminated."
 

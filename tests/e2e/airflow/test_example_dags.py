@@ -10,7 +10,7 @@ from reclaimer import reclaim_after_shards, reclaim_after_steps
 
 from spot_workflows.examples.toy_train import reference
 from spot_workflows.ledger import Ledger
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 
 def job_dirs(state_dir) -> list[dict]:

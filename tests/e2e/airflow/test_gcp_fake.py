@@ -22,7 +22,7 @@ from google.cloud import batch_v1
 
 from spot_workflows.core.outcomes import Capacity, Outcome
 from spot_workflows.ledger import Ledger
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 PROJECT, LOCATION = "spot-e2e", "us-central1"
 IMAGE = {"image": "us-docker.pkg.dev/spot-e2e/train/toy:1"}

@@ -91,7 +91,7 @@ def test_killing_a_task_that_waits_in_itself_cancels_its_live_job(tmp_path):
     op.on_kill()  # not waiting on anything: a no-op
     spec = StepSpec(key="k", command=["sleep", "60"], checkpoint_uri=f"file://{tmp_path}/ckpt")
     from spot_workflows.ledger import Ledger
-    from spot_workflows.runtime.store import CheckpointStore
+    from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
     ledger = Ledger.open(CheckpointStore(spec.checkpoint_uri), spec.key)
     attempt = ledger.begin(capacity=Capacity.SPOT, backend="local", now=time.time())

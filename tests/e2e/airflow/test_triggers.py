@@ -17,7 +17,7 @@ from spot_workflows.backends.local.events import append_event
 from spot_workflows.config import StepSpec
 from spot_workflows.core.outcomes import AttemptState, Capacity, Outcome
 from spot_workflows.ledger import Ledger
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 TRIGGERS = [
     SpotJobTrigger(spot_conn_id="aws_spot", job_id="4f0c-9a", poll_interval=2.5, wake_at=1.8e9),

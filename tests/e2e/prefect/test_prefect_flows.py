@@ -24,7 +24,7 @@ from spot_workflows.prefect import (
     run_spot_step,
 )
 from spot_workflows.pricing import load_catalog
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 FLOWS = Path(__file__).resolve().parents[3] / "flows"
 COST = 9  # column of the cost in the artifact's table

@@ -12,7 +12,7 @@ from spot_workflows.core.outcomes import Outcome
 from spot_workflows.errors import StepFailedError
 from spot_workflows.ledger import Ledger
 from spot_workflows.prefect import LocalBackendBlock, SpotPolicyBlock, spot_task
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 
 def backend_for(tmp_path: Path) -> LocalBackendBlock:

@@ -21,7 +21,7 @@ from collections import Counter
 import pytest
 from airflow_lab import DAG_ID, KILL_DAG_ID, AirflowLab, RunEvidence, step_key
 
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 RUN_TIMEOUT_S = 240.0
 """Both runs go at once, so this bounds each of them."""

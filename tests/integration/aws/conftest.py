@@ -18,7 +18,7 @@ from moto_lab import moto_server as start_moto
 from spot_workflows.backends.aws_batch import AwsBatchBackend
 from spot_workflows.backends.aws_bootstrap import Bootstrap
 from spot_workflows.runner import RunnerEvent
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from spot_workflows.runtime.store import CheckpointStore, CheckpointWarning
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore, CheckpointWarning
 
 
 @pytest.fixture

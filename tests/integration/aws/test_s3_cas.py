@@ -1,4 +1,4 @@
-"""Compare-and-swap writes (runtime/store_cas.py) on s3:// against a moto server.
+"""Compare-and-swap writes (runtime/store/cas.py) on s3:// against a moto server.
 
 moto 5.2 enforces ``PutObject``'s ``IfNoneMatch="*"`` and ``IfMatch`` (412 PreconditionFailed,
 404 NoSuchKey when the object is gone), like S3 since 2024: the store itself refuses stale writes.
@@ -17,8 +17,8 @@ from collections.abc import Iterator
 import pytest
 
 from spot_workflows.errors import WriteConflictError
-from spot_workflows.runtime.store import CheckpointStore
-from spot_workflows.runtime.store_cas import Versioned, read_versioned, write_if
+from spot_workflows.runtime.store.cas import Versioned, read_versioned, write_if
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 LEDGER = "ledger.json"
 

@@ -9,8 +9,8 @@ import logging
 import pytest
 
 from spot_workflows.errors import CheckpointError, CredentialsError
-from spot_workflows.runtime.store import CheckpointStore
-from spot_workflows.runtime.store_retry import RetryPolicy
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
+from spot_workflows.runtime.store.retry import RetryPolicy
 
 SECRET = "wJalrXUtnFEMI-not-a-real-secret-K7MDENG"
 

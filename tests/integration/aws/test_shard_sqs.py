@@ -13,11 +13,11 @@ import time
 
 import pytest
 
-from spot_workflows.runtime.shard_ledger import ShardLedger
-from spot_workflows.runtime.shard_queue import SqsSource, create_shard_queue, enqueue_shards
-from spot_workflows.runtime.shard_worker import ShardWorker, WholeShard
-from spot_workflows.runtime.shards import plan_row_ranges
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.shards.ledger import ShardLedger
+from spot_workflows.runtime.shards.planning import plan_row_ranges
+from spot_workflows.runtime.shards.queue import SqsSource, create_shard_queue, enqueue_shards
+from spot_workflows.runtime.shards.worker import ShardWorker, WholeShard
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 
 class Counting:

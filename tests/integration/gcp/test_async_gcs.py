@@ -6,9 +6,9 @@ import secrets
 
 import pytest
 
-from spot_workflows.runtime.async_checkpoint import AsyncCheckpointer
-from spot_workflows.runtime.checkpoint import Checkpointer
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.checkpoint.async_checkpoint import AsyncCheckpointer
+from spot_workflows.runtime.checkpoint.checkpointer import Checkpointer
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 np = pytest.importorskip("numpy")
 

@@ -17,7 +17,7 @@ from spot_workflows.core.classify import CANCEL_REASON_PREFIX
 from spot_workflows.core.outcomes import Capacity, Outcome
 from spot_workflows.errors import StepFailedError
 from spot_workflows.runner import StepRunner
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 SPOT = batch_v1.AllocationPolicy.ProvisioningModel.SPOT
 STANDARD = batch_v1.AllocationPolicy.ProvisioningModel.STANDARD

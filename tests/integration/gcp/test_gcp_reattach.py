@@ -19,7 +19,7 @@ from spot_workflows.core.outcomes import AttemptState, Capacity, Outcome
 from spot_workflows.errors import BackendError
 from spot_workflows.ledger import Ledger
 from spot_workflows.runner import StepRunner
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 JobState = batch_v1.JobStatus.State
 

@@ -1,4 +1,4 @@
-"""Compare-and-swap writes (runtime/store_cas.py) on gs:// against gcp-storage-emulator.
+"""Compare-and-swap writes (runtime/store/cas.py) on gs:// against gcp-storage-emulator.
 
 gcp-storage-emulator ignores ``ifGenerationMatch`` on uploads and downloads and sends no
 ``x-goog-generation`` header, so against it every write is blind
@@ -23,8 +23,8 @@ from http import HTTPStatus
 import pytest
 
 from spot_workflows.errors import WriteConflictError
-from spot_workflows.runtime.store import CheckpointStore
-from spot_workflows.runtime.store_cas import Versioned, read_versioned, write_if
+from spot_workflows.runtime.store.cas import Versioned, read_versioned, write_if
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 LEDGER = "ledger.json"
 

@@ -9,7 +9,7 @@ import pytest
 
 from spot_workflows.core.outcomes import Capacity
 from spot_workflows.ledger import Ledger
-from spot_workflows.runtime.store import CheckpointStore, CheckpointWarning
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore, CheckpointWarning
 
 
 @pytest.fixture

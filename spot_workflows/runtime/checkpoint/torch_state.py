@@ -2,7 +2,7 @@
 
 ::
 
-    from spot_workflows.runtime.torch_state import restore_training_state, training_state
+    from spot_workflows.runtime.checkpoint.torch_state import restore_training_state, training_state
 
     def state():
         return training_state(model=model, optimizer=opt, scheduler=sched, scaler=scaler,

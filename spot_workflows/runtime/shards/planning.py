@@ -3,8 +3,8 @@
 A dataset is split into **shards** (row ranges, files, or a user-given list of items); every
 shard has a stable id derived from what it covers, so every worker, every attempt and every
 orchestrator retry computes the same plan. The durable side (who committed what) lives in
-:mod:`spot_workflows.runtime.shard_ledger`; workers in :mod:`~spot_workflows.runtime.shard_worker`;
-static partitioning and the SQS work queue in :mod:`~spot_workflows.runtime.shard_queue`.
+:mod:`spot_workflows.runtime.shards.ledger`; workers in :mod:`~spot_workflows.runtime.shards.worker`;
+static partitioning and the SQS work queue in :mod:`~spot_workflows.runtime.shards.queue`.
 
 Ids use ``[a-z0-9._-]`` only, so they are safe as object names on every store.
 """

@@ -24,10 +24,10 @@ from datetime import UTC
 from typing import Protocol
 
 from spot_workflows.core.outcomes import RESERVED_EXIT_CODE
-from spot_workflows.runtime.checkpoint import Checkpointer
-from spot_workflows.runtime.shard_ledger import ShardLedger
-from spot_workflows.runtime.shard_queue import Lease, ShardSource
-from spot_workflows.runtime.shards import Partial, Shard, can_finish
+from spot_workflows.runtime.checkpoint.checkpointer import Checkpointer
+from spot_workflows.runtime.shards.ledger import ShardLedger
+from spot_workflows.runtime.shards.planning import Partial, Shard, can_finish
+from spot_workflows.runtime.shards.queue import Lease, ShardSource
 
 log = logging.getLogger("spot_workflows.shards")
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spot_workflows.errors import CheckpointError, ConfigError
-from spot_workflows.runtime.host_buffers import HostBuffer, HostBufferPool, align_up
-from spot_workflows.runtime.state_tree import flatten, unflatten
+from spot_workflows.runtime.checkpoint.host_buffers import HostBuffer, HostBufferPool, align_up
+from spot_workflows.runtime.checkpoint.state_tree import flatten, unflatten
 
 INDEX = "state-index.json"
 FORMAT = 1

@@ -58,11 +58,11 @@ from fsspec.asyn import sync
 from fsspec.implementations.memory import MemoryFileSystem
 
 from spot_workflows.errors import CheckpointError, ConfigError, WriteConflictError
-from spot_workflows.runtime import faults
-from spot_workflows.runtime.manifest import check_name
-from spot_workflows.runtime.store import CheckpointStore
-from spot_workflows.runtime.store_io import fsync_dir
-from spot_workflows.runtime.store_retry import is_storage_error
+from spot_workflows.runtime.store import faults
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
+from spot_workflows.runtime.store.file_io import fsync_dir
+from spot_workflows.runtime.store.manifest import check_name
+from spot_workflows.runtime.store.retry import is_storage_error
 
 __all__ = ["Versioned", "read_versioned", "write_if"]
 

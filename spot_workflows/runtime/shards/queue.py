@@ -26,8 +26,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from spot_workflows.errors import ConfigError
-from spot_workflows.runtime.shard_ledger import ROOT, ShardLedger
-from spot_workflows.runtime.shards import Shard, pending, static_partition
+from spot_workflows.runtime.shards.ledger import ROOT, ShardLedger
+from spot_workflows.runtime.shards.planning import Shard, pending, static_partition
 
 log = logging.getLogger("spot_workflows.shards")
 

@@ -33,15 +33,15 @@ from pydantic import ValidationError
 
 from spot_workflows.config import validate_checkpoint_uri
 from spot_workflows.errors import CheckpointError, ConfigError, CorruptCheckpointError
-from spot_workflows.runtime import digests, faults
-from spot_workflows.runtime.manifest import (  # noqa: F401  (re-exported)
+from spot_workflows.runtime.store import digests, faults
+from spot_workflows.runtime.store.file_io import CHUNK, chunks, copy_hashed, fsync_dir
+from spot_workflows.runtime.store.manifest import (  # noqa: F401  (re-exported)
     CheckpointWarning,
     Manifest,
     ManifestFile,
     check_name,
 )
-from spot_workflows.runtime.store_io import CHUNK, chunks, copy_hashed, fsync_dir
-from spot_workflows.runtime.store_retry import RetryPolicy, is_storage_error
+from spot_workflows.runtime.store.retry import RetryPolicy, is_storage_error
 
 log = logging.getLogger("spot_workflows.checkpoint")
 

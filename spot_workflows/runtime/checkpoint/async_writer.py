@@ -23,10 +23,8 @@ from enum import StrEnum
 from typing import Any
 
 from spot_workflows.errors import CheckpointError, ConfigError
-from spot_workflows.runtime import bulk_io, digests
-from spot_workflows.runtime.host_buffers import HostBufferPool
-from spot_workflows.runtime.manifest import Manifest
-from spot_workflows.runtime.snapshot import (
+from spot_workflows.runtime.checkpoint.host_buffers import HostBufferPool
+from spot_workflows.runtime.checkpoint.snapshot import (
     INDEX,
     MIN_SHARD,
     Snapshot,
@@ -34,9 +32,11 @@ from spot_workflows.runtime.snapshot import (
     plan,
     take_snapshot,
 )
-from spot_workflows.runtime.state_tree import flatten
-from spot_workflows.runtime.store import CheckpointStore
-from spot_workflows.runtime.store_stream import StreamingSave
+from spot_workflows.runtime.checkpoint.state_tree import flatten
+from spot_workflows.runtime.store import bulk_io, digests
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
+from spot_workflows.runtime.store.manifest import Manifest
+from spot_workflows.runtime.store.stream import StreamingSave
 
 log = logging.getLogger("spot_workflows.checkpoint")
 

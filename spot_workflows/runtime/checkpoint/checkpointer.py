@@ -32,7 +32,7 @@ from spot_workflows.core.outcomes import (
     TerminationNotice,
 )
 from spot_workflows.errors import ConfigError, LedgerError
-from spot_workflows.runtime.store import CheckpointStore, Manifest
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore, Manifest
 
 log = logging.getLogger("spot_workflows.checkpoint")
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from spot_workflows.core.outcomes import TerminationNotice
 from spot_workflows.errors import ConfigError, NoticeError
-from spot_workflows.runtime.notice_parsers import (  # noqa: F401  (re-exported)
+from spot_workflows.runtime.worker.notice_parsers import (  # noqa: F401  (re-exported)
     _INSTANCE_ID,
     AWS_DEFAULT_ENDPOINT,
     AWS_INSTANCE_ACTION,
@@ -42,7 +42,7 @@ from spot_workflows.runtime.notice_parsers import (  # noqa: F401  (re-exported)
     parse_gce_preempted,
 )
 
-log = logging.getLogger("spot_workflows.runtime.notices")
+log = logging.getLogger("spot_workflows.runtime.worker.notices")
 
 
 # -- endpoints ---------------------------------------------------------------------------------

@@ -29,9 +29,9 @@ from typing import Any
 
 from spot_workflows.core.outcomes import RESERVED_EXIT_CODE
 from spot_workflows.errors import ConfigError
-from spot_workflows.runtime.async_checkpoint import AsyncCheckpointer, State
-from spot_workflows.runtime.checkpoint import EmergencySaveReport
-from spot_workflows.runtime.torch_state import (
+from spot_workflows.runtime.checkpoint.async_checkpoint import AsyncCheckpointer, State
+from spot_workflows.runtime.checkpoint.checkpointer import EmergencySaveReport
+from spot_workflows.runtime.checkpoint.torch_state import (
     TrainingProgress,
     restore_training_state,
     training_state,

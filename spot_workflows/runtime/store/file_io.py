@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
-from spot_workflows.runtime import digests, faults
+from spot_workflows.runtime.store import digests, faults
 
 CHUNK = 4 * 1024 * 1024
 

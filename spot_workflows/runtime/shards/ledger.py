@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spot_workflows.errors import CheckpointError, ConfigError, CorruptCheckpointError
-from spot_workflows.runtime.shard_objects import TMP_PREFIX, ShardObjects
-from spot_workflows.runtime.shards import (
+from spot_workflows.runtime.shards.objects import TMP_PREFIX, ShardObjects
+from spot_workflows.runtime.shards.planning import (
     DoneRecord,
     FailureRecord,
     Partial,
@@ -41,7 +41,7 @@ from spot_workflows.runtime.shards import (
     plan_digest,
     progress_fraction,
 )
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 log = logging.getLogger("spot_workflows.shards")
 

@@ -25,17 +25,17 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from spot_workflows.errors import CheckpointError, CorruptCheckpointError
-from spot_workflows.runtime import bulk_io
-from spot_workflows.runtime.async_writer import (
+from spot_workflows.runtime.checkpoint.async_writer import (
     AsyncCheckpointWriter,
     InFlightPolicy,
     SaveResult,
     SaveTicket,
 )
-from spot_workflows.runtime.checkpoint import Checkpointer, EmergencySaveReport
-from spot_workflows.runtime.manifest import Manifest
-from spot_workflows.runtime.snapshot import INDEX, parse_index, rebuild
-from spot_workflows.runtime.store import CheckpointStore
+from spot_workflows.runtime.checkpoint.checkpointer import Checkpointer, EmergencySaveReport
+from spot_workflows.runtime.checkpoint.snapshot import INDEX, parse_index, rebuild
+from spot_workflows.runtime.store import bulk_io
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
+from spot_workflows.runtime.store.manifest import Manifest
 
 log = logging.getLogger("spot_workflows.checkpoint")
 

@@ -23,8 +23,8 @@ from fsspec.implementations.memory import MemoryFileSystem
 from pydantic import BaseModel, ValidationError
 
 from spot_workflows.errors import CheckpointError, ConfigError, CorruptCheckpointError
-from spot_workflows.runtime.store import CheckpointStore
-from spot_workflows.runtime.store_io import fsync_dir
+from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
+from spot_workflows.runtime.store.file_io import fsync_dir
 
 TMP_PREFIX = ".spot-tmp-"
 _MEMORY_LOCK = threading.Lock()  # memory:// lives in one process: a lock makes create exclusive

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from spot_workflows.errors import CheckpointError, ConfigError
-from spot_workflows.runtime import digests, faults
-from spot_workflows.runtime.manifest import Manifest, ManifestFile, check_name
-from spot_workflows.runtime.store import LATEST, MANIFEST, CheckpointStore, log
-from spot_workflows.runtime.store_io import fsync_dir
+from spot_workflows.runtime.store import digests, faults
+from spot_workflows.runtime.store.checkpoint_store import LATEST, MANIFEST, CheckpointStore, log
+from spot_workflows.runtime.store.file_io import fsync_dir
+from spot_workflows.runtime.store.manifest import Manifest, ManifestFile, check_name
 
 
 class StreamingSave:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from spot_workflows.errors import CheckpointError
-from spot_workflows.runtime import digests, faults
+from spot_workflows.runtime.store import digests, faults
 
 CHUNK = 64 * 1024 * 1024
 """Bytes per write call and per uploaded part."""
