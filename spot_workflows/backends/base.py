@@ -38,7 +38,12 @@ class Backend(Protocol):
     name: str
 
     def submit(self, spec: StepSpec, *, job_name: str, attempt: int, capacity: Capacity) -> str:
-        """Submit one attempt; return the backend's job id. Must not block on capacity."""
+        """Submit one attempt; return the backend's job id. Must not block on capacity.
+
+        A backend with several placements (its ``placements`` attribute, a tuple of
+        :class:`~spot_workflows.core.placements.Placement`) also takes ``placement=NAME``: the
+        placement of ``capacity`` to submit to (None: its first one). Job ids it returns are
+        unique across its placements, so ``describe``/``cancel`` need only the id."""
         ...
 
     def describe(self, job_ids: Sequence[str]) -> dict[str, Observation]:

@@ -28,6 +28,8 @@ class Outcome(StrEnum):
     TIMEOUT = "TIMEOUT"
     CANCELLED = "CANCELLED"
     STOPPED = "STOPPED"  # stopped on purpose by the planner: switching capacity, or the budget cap
+    RACED = "RACED"  # a pending attempt cancelled because another placement's attempt started
+    # first (or a probe the policy chose not to switch to): not a reclaim, not a failure
 
 
 class AttemptState(StrEnum):
@@ -44,6 +46,9 @@ class NoticeKind(StrEnum):
     MAINTENANCE = "MAINTENANCE"  # GCE TERMINATE_ON_HOST_MAINTENANCE
     SIGTERM = "SIGTERM"  # the process got SIGTERM with no metadata notice first
     PREEMPTED = "PREEMPTED"  # orchestrator-side: the job is already gone
+    HANDOFF = (
+        "HANDOFF"  # the planner moves the step to another attempt (on-demand -> spot): save, exit
+    )
 
 
 class TerminationNotice(BaseModel):
@@ -90,6 +95,12 @@ class Attempt(BaseModel):
     """Written (ahead) when spot-workflows cancels the attempt: the outcome it is recording, so
     a runner killed between the cancel and its record does not read its own cancel back as a
     cancel from outside."""
+    placement: str | None = None
+    """Name of the placement (queue / region / market) the attempt was submitted to; None for
+    a backend with one placement per capacity."""
+    handoff: bool = False
+    """Set (ahead) when the planner stops this attempt to hand the step to another one: its
+    worker gets a handoff notice, saves and exits; the next attempt resumes from that save."""
     owner: str | None = None
     """The runner that won the right to submit this attempt (written ahead, with the job name);
     any other runner of the step re-attaches to the job instead of submitting one."""
@@ -177,6 +188,8 @@ class Submit(Decision):
     action: Literal[Action.SUBMIT] = Action.SUBMIT
     capacity: Capacity
     escalated: bool = False  # this decision moves the step from SPOT to ON_DEMAND
+    placement: str | None = None
+    """Where to submit (a placement name); None: the backend's one placement for ``capacity``."""
 
 
 class Wait(Decision):
@@ -190,10 +203,15 @@ class Wait(Decision):
 
 
 class Cancel(Decision):
-    """Cancel the live attempt and record ``outcome`` for it (e.g. NO_CAPACITY, STOPPED)."""
+    """Cancel a live attempt and record ``outcome`` for it (e.g. NO_CAPACITY, STOPPED, RACED).
+
+    ``attempt``: which one (its number); None: the step's one live attempt. ``handoff``: stop it
+    through a handoff notice (the worker saves and exits) because another attempt takes over."""
 
     action: Literal[Action.CANCEL] = Action.CANCEL
     outcome: Outcome
+    attempt: int | None = None
+    handoff: bool = False
 
 
 class Succeed(Decision):

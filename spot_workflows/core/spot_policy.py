@@ -56,6 +56,9 @@ class SpotPolicy(Checked):
     """Hourly price of the step's SPOT capacity (budget and cost arithmetic)."""
     on_demand_usd_per_hour: Annotated[Amount, Field(gt=0)] = 3.06
     """Hourly price of the step's ON_DEMAND capacity."""
+    race_placements: Annotated[Count, Field(ge=1, le=64)] | None = None
+    """With several SPOT placements: how many may hold a pending attempt at once while the step
+    waits for spot (the first to start wins, the others are cancelled as RACED); None: all."""
 
     @field_validator("strategy")
     @classmethod
