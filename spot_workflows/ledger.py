@@ -104,8 +104,15 @@ class Ledger:
 
     @property
     def live(self) -> Attempt | None:
-        last = self._doc.attempts[-1] if self._doc.attempts else None
-        return last if last is not None and last.live else None
+        """The step's live attempt: the running one when several are live (a race, or an
+        on-demand attempt with a spot probe), else the newest live one; None when none is."""
+        return primary_live(self._doc.attempts)
+
+    @property
+    def live_attempts(self) -> tuple[Attempt, ...]:
+        """Every live attempt, oldest first: several while pending attempts race in several
+        placements, or while a spot probe waits beside a running on-demand attempt."""
+        return tuple(a for a in self._doc.attempts if a.live)
 
     def attempt(self, number: int) -> Attempt:
         if not 1 <= number <= len(self._doc.attempts):
@@ -126,16 +133,35 @@ class Ledger:
         resumed_from_step: int | None = None,
         progress: float | None = None,
         after: int | None = None,
+        placement: str | None = None,
+        beside_live: bool = False,
     ) -> Attempt:
         """Record a new attempt, owned by this runner, before it is submitted (write-ahead).
         Raises :class:`AttemptIsLive` when another runner got there first, and
         :class:`LedgerMoved` when ``after`` (the number of attempts the decision to submit was
-        based on) is no longer the number recorded."""
+        based on) is no longer the number recorded.
+
+        ``beside_live``: the planner adds a SPOT attempt next to live ones (racing placements, or
+        a probe beside a running on-demand attempt); refused (:class:`AttemptIsLive`) when the
+        placement already holds a live attempt, or when a live attempt is already running on SPOT."""
 
         def change(doc: LedgerDoc) -> Attempt:
-            last = doc.attempts[-1] if doc.attempts else None
-            if last is not None and last.live:
-                raise AttemptIsLive(last)
+            live = [a for a in doc.attempts if a.live]
+            if live and not beside_live:
+                raise AttemptIsLive(primary_live(doc.attempts) or live[-1])
+            if live:
+                clash = next(
+                    (
+                        a
+                        for a in live
+                        if a.placement == placement
+                        or (a.capacity is Capacity.SPOT and a.state is AttemptState.RUNNING)
+                        or capacity is not Capacity.SPOT
+                    ),
+                    None,
+                )
+                if clash is not None:
+                    raise AttemptIsLive(clash)
             if after is not None and len(doc.attempts) != after:
                 raise LedgerMoved(after, len(doc.attempts))
             number = len(doc.attempts) + 1
@@ -148,6 +174,7 @@ class Ledger:
                 resumed_from_step=resumed_from_step,
                 progress_start=progress,
                 owner=self.owner,
+                placement=placement,
             )
             doc.attempts.append(attempt)
             return attempt
@@ -240,7 +267,8 @@ class Ledger:
         recorded as stopped (resumable). Raises LedgerError when there is nothing to reopen."""
 
         def change(doc: LedgerDoc) -> Attempt:
-            last = doc.attempts[-1] if doc.attempts else None
+            ended = [a for a in doc.attempts if a.outcome is not Outcome.RACED]
+            last = ended[-1] if ended else None
             if last is None or last.outcome is not Outcome.CANCELLED:
                 what = "no attempts" if last is None else f"attempt {last.number} is {last.state}"
                 what += f" ({last.outcome.value})" if last is not None and last.outcome else ""
@@ -248,7 +276,7 @@ class Ledger:
             new = last.model_copy(
                 update={"outcome": Outcome.STOPPED, "reason": f"{reason} (was: {last.reason})"}
             )
-            doc.attempts[-1] = new
+            doc.attempts[last.number - 1] = new
             return new
 
         return self._mutate(change)
@@ -281,8 +309,28 @@ class Ledger:
 
 
 _LIVE_FIELDS = frozenset(
-    {"state", "outcome", "stopping", "job_id", "owner", "ended_at", "started_at", "reason"}
+    {
+        "state",
+        "outcome",
+        "stopping",
+        "handoff",
+        "job_id",
+        "owner",
+        "ended_at",
+        "started_at",
+        "reason",
+    }
 )
+
+
+def primary_live(attempts: Sequence[Attempt]) -> Attempt | None:
+    """The attempt a step is "on" when several are live: the oldest running one that is not
+    being stopped, else the newest live one (None: no live attempt)."""
+    live = [a for a in attempts if a.live]
+    running = [a for a in live if a.state is AttemptState.RUNNING and a.stopping is None]
+    if running:
+        return running[0]
+    return live[-1] if live else None
 
 
 def read_attempts(store: CheckpointStore) -> list[Attempt] | None:

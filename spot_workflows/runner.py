@@ -14,7 +14,6 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from spot_workflows.backends.base import Backend
 from spot_workflows.config import SpotPolicy, StepSpec
@@ -25,14 +24,15 @@ from spot_workflows.core.outcomes import (
     Attempt,
     AttemptState,
     Cancel,
+    Capacity,
     Decision,
     Fail,
     FailCause,
     Outcome,
     Submit,
 )
+from spot_workflows.core.placements import Placement
 from spot_workflows.core.planner import decide
-from spot_workflows.core.summary import StepSummary
 from spot_workflows.errors import (
     BudgetExceededError,
     DeadlineInfeasibleError,
@@ -41,73 +41,22 @@ from spot_workflows.errors import (
     StepInterruptedError,
 )
 from spot_workflows.ledger import AttemptIsLive, Ledger, LedgerMoved
+from spot_workflows.run_events import (  # noqa: F401  (RunnerEvent, RunResult, market_probe: public here)
+    OUTCOME_EVENTS,
+    RunnerEvent,
+    RunResult,
+    market_probe,
+    with_backend_defaults,
+)
 from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 log = logging.getLogger("spot_workflows.runner")
 
 
-@dataclass(frozen=True)
-class RunnerEvent:
-    """Something a user or an engine may want to react to (progress bars, Prefect events)."""
-
-    kind: str  # submitted | reattached | started | preempted | no_capacity | escalated | ...
-    step_key: str
-    attempt: Attempt | None
-    message: str
-
-
-@dataclass
-class RunResult:
-    step_key: str
-    attempts: list[Attempt]
-    decision: Decision
-
-    @property
-    def succeeded(self) -> bool:
-        return self.decision.action is Action.SUCCEED
-
-    @property
-    def summary(self) -> StepSummary:
-        return StepSummary.of(self.step_key, self.attempts)
-
-    @property
-    def escalated(self) -> bool:
-        return self.summary.escalated
-
-
 DEFAULT_STOP_LATENCY_S = 30.0
 """Cancel-to-exit estimate for a backend that states none (``stop_latency_s``)."""
 
-_OUTCOME_EVENTS = {
-    Outcome.PREEMPTED: "preempted",
-    Outcome.NO_CAPACITY: "no_capacity",
-    Outcome.SUCCEEDED: "succeeded",
-    Outcome.APP_ERROR: "app_error",
-    Outcome.INFRA_ERROR: "infra_error",
-    Outcome.TIMEOUT: "timeout",
-    Outcome.CANCELLED: "cancelled",
-    Outcome.STOPPED: "stopped",
-}
 _FAIL_ERRORS = {FailCause.BUDGET: BudgetExceededError, FailCause.DEADLINE: DeadlineInfeasibleError}
-
-
-def market_probe(backend: Backend, step_key: str | None = None) -> Callable[[], bool | None] | None:
-    """A spot-availability probe for ``StepRunner(spot_probe=...)``, where the backend can give
-    one: its ``spot_available(step_key)`` (the local spot cloud's market of that step). None for
-    the clouds, which have no cheap, reliable probe (a pending SPOT job is the probe: the planner
-    reads it from the ledger)."""
-    probe = getattr(backend, "spot_available", None)
-    if not callable(probe):
-        return None
-    return (lambda: probe(step_key)) if step_key is not None else probe
-
-
-def _with_backend_defaults(policy: SpotPolicy, backend: Backend) -> SpotPolicy:
-    """The policy, with the backend's default on-demand capacity timeout where it sets none."""
-    default = getattr(backend, "default_on_demand_capacity_timeout_s", None)
-    if policy.on_demand_capacity_timeout_s is None and default is not None:
-        return policy.model_copy(update={"on_demand_capacity_timeout_s": float(default)})
-    return policy
 
 
 class StepRunner:
@@ -128,7 +77,7 @@ class StepRunner:
     ) -> None:
         self.spec = spec
         self.backend = backend
-        self.policy = _with_backend_defaults(policy or SpotPolicy(), backend)
+        self.policy = with_backend_defaults(policy or SpotPolicy(), backend)
         self.store = store or CheckpointStore(spec.checkpoint_uri)
         self.poll_interval = poll_interval
         self.clock = clock
@@ -172,11 +121,10 @@ class StepRunner:
             raise self.interrupt("stopped by the user (interrupted)") from None
 
     def interrupt(self, reason: str) -> StepInterruptedError:
-        """Stop the live attempt (if any) and record it as stopped, write-ahead; returns the
+        """Stop the live attempts (if any) and record them as stopped, write-ahead; returns the
         error that says where the checkpoint is and how to resume."""
-        live = self.ledger.live
         stopped = None
-        if live is not None:
+        for live in self.ledger.live_attempts:
             job_id = live.job_id or self.backend.find(live.job_name)
             if job_id is not None and live.job_id is None:
                 live = self.ledger.set_job_id(live, job_id)
@@ -215,9 +163,26 @@ class StepRunner:
         now = self.clock()
         attempts = self.ledger.attempts
         spent = spent_usd(attempts, self.policy, now)
-        return decide(
-            attempts, self.policy, now=now, spent_usd=spent, outlook=self._outlook(now, tick)
-        )
+        outlook = self._outlook(now, tick)
+        if self.placements:
+            from spot_workflows.core.pools import decide_pool  # TODO(lead): top-level import
+
+            return decide_pool(
+                attempts, self.policy, self.placements, now=now, spent_usd=spent, outlook=outlook
+            )
+        return decide(attempts, self.policy, now=now, spent_usd=spent, outlook=outlook)
+
+    @property
+    def placements(self) -> tuple[Placement, ...]:
+        """The backend's placements when the pool planner drives the step: several SPOT
+        placements (racing), or a backend with no market probe (the clouds), where a pending
+        SPOT probe beside an on-demand attempt is how spot is seen coming back. Empty: the
+        single-placement planner with the backend's market probe (the local spot cloud)."""
+        placements = tuple(getattr(self.backend, "placements", None) or ())
+        spot = [p for p in placements if p.capacity is Capacity.SPOT]
+        if not placements or (len(spot) <= 1 and self.spot_probe is not None):
+            return ()
+        return placements
 
     def _outlook(self, now: float, tick: bool) -> Outlook:
         """Planner inputs beyond the ledger: checkpoint progress (deadline-aware policies only:
@@ -251,9 +216,12 @@ class StepRunner:
 
     # -- steps -------------------------------------------------------------------------------
     def reconcile(self) -> None:
-        live = self.ledger.refresh().live  # another runner of the step may have written
-        if live is None:
-            return
+        """Bring every live attempt up to date with the backend (another runner of the step
+        may have written the ledger meanwhile)."""
+        for live in self.ledger.refresh().live_attempts:
+            self._reconcile(live)
+
+    def _reconcile(self, live: Attempt) -> None:
         if live.job_id is None:
             # Recorded, not (yet) known to be submitted: by us, by another runner of the step
             # right now, or by one that crashed between the two writes.
@@ -270,7 +238,15 @@ class StepRunner:
             live = self.ledger.set_job_id(live, job_id)
             self._emit("reattached", live, f"found job {job_id} by name {live.job_name}")
         obs = self.backend.describe([live.job_id]).get(live.job_id)
-        if live.stopping is not None and (obs is None or obs.outcome is Outcome.CANCELLED):
+        if live.stopping is not None and (
+            obs is None
+            or obs.outcome is Outcome.CANCELLED
+            or (
+                live.handoff
+                and obs.state is AttemptState.DONE
+                and obs.outcome is not Outcome.SUCCEEDED
+            )
+        ):
             self._finish_stopped(live, live.stopping, live.reason or "stopped by spot-workflows")
             return
         if obs is None:
@@ -289,7 +265,7 @@ class StepRunner:
             self._emit("started", live, f"attempt {live.number} running on {live.capacity.value}")
         if live.state is AttemptState.DONE and live.outcome is not None:
             self._emit(
-                _OUTCOME_EVENTS[live.outcome],
+                OUTCOME_EVENTS[live.outcome],
                 live,
                 f"attempt {live.number} on {live.capacity.value} {live.outcome.value}"
                 + (f": {live.reason}" if live.reason else ""),
@@ -310,6 +286,8 @@ class StepRunner:
                     resumed_from_step=latest.step if latest else None,
                     progress=latest.progress if latest else None,
                     after=seen,
+                    placement=decision.placement,
+                    beside_live=decision.placement is not None,
                 )
             except LedgerMoved:  # another runner finished or added an attempt: decide again
                 return
@@ -324,24 +302,52 @@ class StepRunner:
                 self._emit("escalated", attempt, decision.reason)
             self._submit_recorded(attempt)
         elif isinstance(decision, Cancel):
-            live = self.ledger.live
-            assert live is not None and live.job_id is not None  # the planner cancels live jobs
+            target = (
+                self.ledger.live
+                if decision.attempt is None
+                else self.ledger.attempt(decision.attempt)
+            )
+            if target is None or not target.live or target.job_id is None:
+                return  # finished or not yet submitted meanwhile (another runner): decide again
+            if decision.handoff:
+                self._hand_off(target, decision)
+                return
             # write-ahead: a re-run after a crash past the cancel records what was meant here
-            live = self.ledger.update(live, stopping=decision.outcome, reason=decision.reason)
+            target = self.ledger.update(target, stopping=decision.outcome, reason=decision.reason)
             cancelled_at = self.clock()
-            self.backend.cancel(live.job_id, reason=f"{CANCEL_REASON_PREFIX} {decision.reason}")
-            if live.state is AttemptState.RUNNING:
-                self._await_exit(live)
+            self.backend.cancel(target.job_id, reason=f"{CANCEL_REASON_PREFIX} {decision.reason}")
+            if target.state is AttemptState.RUNNING:
+                self._await_exit(target)
                 self._stop_s = max(self._stop_s, self.clock() - cancelled_at)
-            self._finish_stopped(live, decision.outcome, decision.reason)
+            self._finish_stopped(target, decision.outcome, decision.reason)
         elif decision.action is Action.FAIL:
             self._emit("failed", None, decision.reason)
+
+    def _hand_off(self, attempt: Attempt, decision: Cancel) -> None:
+        """Stop ``attempt`` through a handoff notice: its worker saves and exits (75), and the
+        attempt that takes over resumes from that save. Cancelled through the backend only when
+        the worker has not exited within ``cancel_wait_s``."""
+        attempt = self.ledger.update(
+            attempt, stopping=decision.outcome, handoff=True, reason=decision.reason
+        )
+        from spot_workflows.runtime.store.handoff import write_handoff  # TODO(lead): top level
+
+        write_handoff(self.store, attempt.number, reason=decision.reason, now=self.clock())
+        self._emit("handoff", attempt, decision.reason)
+        self._await_exit(attempt)
+        obs = self.backend.describe([attempt.job_id]).get(attempt.job_id)
+        if obs is not None and obs.state is not AttemptState.DONE:
+            self.backend.cancel(
+                attempt.job_id, reason=f"{CANCEL_REASON_PREFIX} {decision.reason} (no handoff exit)"
+            )
+            self._await_exit(attempt, timeout_s=min(self.cancel_wait_s, 30.0))
+        self._finish_stopped(attempt, decision.outcome, decision.reason)
 
     def _finish_stopped(self, live: Attempt, outcome: Outcome, reason: str) -> None:
         live = self.ledger.finish(live, outcome, now=self.clock(), reason=reason)
         if live.started_at is not None:
             live = self._record_last_checkpoint(live)
-        self._emit(_OUTCOME_EVENTS[outcome], live, reason)
+        self._emit(OUTCOME_EVENTS[outcome], live, reason)
 
     def _owner_gone(self, attempt: Attempt) -> bool:
         """Whether the runner that owns a recorded-but-unsubmitted attempt is gone: a process of
@@ -386,8 +392,13 @@ class StepRunner:
         )
 
     def _submit_recorded(self, attempt: Attempt) -> None:
+        where = {"placement": attempt.placement} if attempt.placement is not None else {}
         job_id = self.backend.submit(
-            self.spec, job_name=attempt.job_name, attempt=attempt.number, capacity=attempt.capacity
+            self.spec,
+            job_name=attempt.job_name,
+            attempt=attempt.number,
+            capacity=attempt.capacity,
+            **where,
         )
         attempt = self.ledger.set_job_id(attempt, job_id)
         if attempt.job_id != job_id:  # another runner took the attempt over and submitted too
@@ -398,7 +409,9 @@ class StepRunner:
         self._emit(
             "submitted",
             attempt,
-            f"attempt {attempt.number} on {attempt.capacity.value} as {job_id}"
+            f"attempt {attempt.number} on {attempt.capacity.value}"
+            + (f" in {attempt.placement}" if attempt.placement else "")
+            + f" as {job_id}"
             + (
                 f", resuming from step {attempt.resumed_from_step}"
                 if attempt.resumed_from_step is not None

@@ -22,16 +22,17 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from spot_workflows.backends.base import attempt_env
 from spot_workflows.backends.local.cloud import EVENTS_FILE
 from spot_workflows.backends.local.daemon import INFO_FILE, TOKEN_FILE
 from spot_workflows.backends.local.jobs import LOG, read_json
-from spot_workflows.backends.local.market import SpotMarket, market_spec
+from spot_workflows.backends.local.market import SpotMarket, market_from_spec, market_spec
 from spot_workflows.config import StepSpec
 from spot_workflows.core.outcomes import Capacity, Observation
+from spot_workflows.core.placements import Placement, by_name, check_placements, of_capacity
 from spot_workflows.errors import BackendError, ConfigError, NotFoundError
 
 STATE_DIR_ENV = "SPOT_WORKFLOWS_LOCAL_DIR"
@@ -181,6 +182,13 @@ class LocalBackend:
     ``market``: this step's simulated spot market (sent with each submission; the daemon keeps
     one per step key). ``notice_window_s``: notice on the metadata endpoint before SIGTERM;
     ``grace_s``: SIGTERM to SIGKILL; ``wrap``: run commands under ``spot-run``.
+
+    ``placements``: several markets per step (:class:`Placement` objects or dicts). Each SPOT
+    placement is its own market of the step (its own schedule, availability and reclaims); its
+    market is ``markets[name]``, else a ``"market"`` key of its dict, else ``market``. ON_DEMAND
+    placements are never reclaimed. A list without an ON_DEMAND (or SPOT) placement gets a
+    default one (``on-demand`` / ``spot``). Without ``placements`` the backend has one market per
+    capacity, exactly as before: ``placements`` is then ``(spot, on-demand)``.
     """
 
     name = "local"
@@ -199,6 +207,8 @@ class LocalBackend:
         notice_poll_s: float = 0.2,
         tick_s: float = 0.05,
         wrap: bool = True,
+        placements: Sequence[Placement | Mapping] | None = None,
+        markets: Mapping[str, SpotMarket | Mapping | None] | None = None,
     ) -> None:
         if notice_window_s < 0 or grace_s < 0:
             raise BackendError("notice_window_s and grace_s must be >= 0 seconds")
@@ -206,6 +216,8 @@ class LocalBackend:
         self.state_dir = self.state_dir or default_state_dir()
         self.market = market
         self.market_spec = market_spec(market)
+        self.placements, self._market_specs = _placements(placements, markets, self.market_spec)
+        self._named = placements is not None  # False: the one market per capacity of old
         self.notice_window_s = notice_window_s
         self.grace_s = grace_s
         self.notice_poll_s = notice_poll_s
@@ -231,8 +243,36 @@ class LocalBackend:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # -- placements ------------------------------------------------------------------------------
+    def placement_for(self, capacity: Capacity, name: str | None = None) -> Placement:
+        """The placement ``name`` of ``capacity`` (None: the first of that capacity)."""
+        capacity = Capacity(capacity)
+        if name is None:
+            return of_capacity(self.placements, capacity)[0]
+        found = by_name(self.placements, name)
+        if found is None or found.capacity is not capacity:
+            names = ", ".join(p.name for p in of_capacity(self.placements, capacity))
+            raise ConfigError(
+                f"placement {name!r} is not a {capacity.value} placement of this local backend: "
+                f"use one of {names}"
+            )
+        return found
+
+    def market_of(self, placement: str | None = None) -> dict:
+        """The market spec of a SPOT placement (None: the first)."""
+        return self._market_specs[self.placement_for(Capacity.SPOT, placement).name]
+
     # -- Backend protocol --------------------------------------------------------------------
-    def submit(self, spec: StepSpec, *, job_name: str, attempt: int, capacity: Capacity) -> str:
+    def submit(
+        self,
+        spec: StepSpec,
+        *,
+        job_name: str,
+        attempt: int,
+        capacity: Capacity,
+        placement: str | None = None,
+    ) -> str:
+        place = self.placement_for(capacity, placement)
         env = attempt_env(
             spec,
             attempt=attempt,
@@ -261,10 +301,12 @@ class LocalBackend:
             "command": command,
             "env": env,
             "cwd": os.getcwd(),
-            "market": self.market_spec,
+            "market": self._market_specs.get(place.name, self.market_spec),
             "notice_window_s": self.notice_window_s,
             "grace_s": self.grace_s,
         }
+        if self._named:
+            doc["placement"] = place.name
         return str(self.client.call("POST", "/v1/jobs", doc)["job_id"])
 
     def describe(self, job_ids: Sequence[str]) -> dict[str, Observation]:
@@ -284,10 +326,14 @@ class LocalBackend:
         the local equivalent of an injected ``Host EC2 ... terminated``."""
         self.client.call("POST", f"/v1/jobs/{job_id}/reclaim", {})
 
-    def spot_available(self, step_key: str | None = None) -> bool:
-        """Whether this step's market has spot capacity now (for deadline policies)."""
+    def spot_available(self, step_key: str | None = None, placement: str | None = None) -> bool:
+        """Whether this step's market (in SPOT ``placement``; None: the first) has spot capacity
+        now (for deadline policies)."""
         key = step_key or self._step_key or ""
-        body = {"step_key": key, "market": self.market_spec}
+        place = self.placement_for(Capacity.SPOT, placement)
+        body: dict = {"step_key": key, "market": self._market_specs[place.name]}
+        if self._named:
+            body["placement"] = place.name
         return bool(self.client.call("POST", "/v1/market/available", body)["available"])
 
     def jobs(self) -> list[dict]:
@@ -312,6 +358,58 @@ class LocalBackend:
     def shutdown(self) -> dict | None:
         """Stop the daemon of this state directory and every job it runs."""
         return self.client.stop()
+
+
+DEFAULT_SPOT, DEFAULT_ON_DEMAND = "spot", "on-demand"
+
+
+def _placements(
+    given: Sequence[Placement | Mapping] | None,
+    markets: Mapping[str, SpotMarket | Mapping | None] | None,
+    default_spec: dict,
+) -> tuple[tuple[Placement, ...], dict[str, dict]]:
+    """(placements, market spec per SPOT placement) from the constructor's arguments."""
+    if given is None:
+        if markets:
+            raise ConfigError("markets names markets of placements: pass placements too")
+        given = [
+            Placement(name=DEFAULT_SPOT),
+            Placement(name=DEFAULT_ON_DEMAND, capacity="ON_DEMAND"),
+        ]
+    items: list[Placement] = []
+    inline: dict[str, object] = {}
+    for p in given:
+        if isinstance(p, Mapping):
+            fields = dict(p)
+            market = fields.pop("market", None)
+            p = check_placements([fields], what="local placements")[0]
+            if market is not None:
+                inline[p.name] = market
+        items.append(p)
+    if items and not of_capacity(items, Capacity.ON_DEMAND):
+        items.append(Placement(name=DEFAULT_ON_DEMAND, capacity=Capacity.ON_DEMAND))
+    if items and not of_capacity(items, Capacity.SPOT):
+        items.insert(0, Placement(name=DEFAULT_SPOT))
+    placements = check_placements(items, what="local placements")
+    spot = [p.name for p in of_capacity(placements, Capacity.SPOT)]
+    chosen = {**inline, **dict(markets or {})}
+    unknown = sorted(set(chosen) - set(spot))
+    if unknown:
+        raise ConfigError(
+            f"markets: {', '.join(map(repr, unknown))} is not a SPOT placement; name one of "
+            f"{', '.join(spot)}"
+        )
+    specs = {}
+    for name in spot:
+        m = chosen.get(name)
+        if m is None:
+            specs[name] = default_spec
+        elif isinstance(m, Mapping):
+            market_from_spec(dict(m))  # a malformed spec fails here, before anything runs
+            specs[name] = dict(m)
+        else:
+            specs[name] = market_spec(m)  # type: ignore[arg-type]
+    return placements, specs
 
 
 def _flock(f, timeout: float) -> None:

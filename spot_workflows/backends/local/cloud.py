@@ -1,4 +1,4 @@
-"""The local spot cloud's state machine: jobs, one spot market per step key, metadata endpoints.
+"""The local spot cloud's state machine: jobs, spot markets per step key, metadata endpoints.
 
 :class:`LocalCloud` is what the daemon (:mod:`.daemon`) serves; it owns every job under
 ``STATE_DIR/jobs/`` and plays the market: a spot job waits while its step's market has no spot
@@ -8,8 +8,11 @@ job lives), SIGTERM follows after the job's notice window and SIGKILL after its 
 On-demand jobs are never reclaimed.
 
 Markets are per step key: "reclaim the first two spot attempts" means the first two of *each*
-step, whichever process submitted them. Their state (first seen, spot attempts launched) is kept
-in ``markets.json`` so a restarted daemon goes on where it stopped.
+step, whichever process submitted them. A job submitted to a named placement (``"placement"``)
+runs in that placement's own market of the step (key ``STEP@PLACEMENT``): its own schedule, its own
+availability and its own count of launched attempts, so a reclaim or an outage in one market never
+touches jobs in another. Their state (first seen, spot attempts launched) is kept in
+``markets.json`` so a restarted daemon goes on where it stopped.
 """
 
 from __future__ import annotations
@@ -99,6 +102,9 @@ class LocalCloud:
         if doc["capacity"] not in (Capacity.SPOT.value, Capacity.ON_DEMAND.value):
             raise ConfigError(f"capacity {doc['capacity']!r} must be SPOT or ON_DEMAND")
         market_from_spec(doc.get("market") or {})  # reject a malformed market now
+        placement = doc.get("placement")
+        if placement is not None and (not isinstance(placement, str) or not placement.strip()):
+            raise ConfigError(f"placement {placement!r} must be a non-empty placement name")
         with self._lock:
             existing = self._names.get(doc["job_name"])
             if existing is not None:
@@ -111,12 +117,14 @@ class LocalCloud:
             "AWS_EC2_METADATA_SERVICE_ENDPOINT": endpoint,
             "GCE_METADATA_HOST": endpoint.removeprefix("http://"),
         }
+        step_key = doc.get("step_key") or doc["env"].get("SPOT_STEP_KEY") or doc["job_name"]
         job = {
             **doc,
             "job_id": job_id,
             "instance_id": instance_id,
             "env": env,
-            "step_key": doc.get("step_key") or doc["env"].get("SPOT_STEP_KEY") or doc["job_name"],
+            "step_key": step_key,
+            "market_key": market_key(step_key, placement),
             "submitted_at": time.time(),
         }
         with self._lock:
@@ -164,9 +172,10 @@ class LocalCloud:
             J.write_json_atomic(job_dir / J.JOB, job)
         self.wakeup.set()
 
-    def spot_available(self, step_key: str, market: dict) -> bool:
+    def spot_available(self, step_key: str, market: dict, placement: str | None = None) -> bool:
+        """Whether the market of ``step_key`` (in ``placement``, when named) has spot now."""
         with self._lock:
-            state = self._market_state(step_key, market)
+            state = self._market_state(market_key(step_key, placement), market)
             return market_from_spec(state["spec"]).available(max(0.0, time.time() - state["t0"]))
 
     def jobs(self) -> list[dict]:
@@ -215,13 +224,14 @@ class LocalCloud:
                     self._live.discard(job_id)
                     self.metadata.remove_instance(job.get("instance_id") or "-")
 
-    def _market_state(self, step_key: str, spec: dict) -> dict:
-        state = self._markets.get(step_key)
+    def _market_state(self, key: str, spec: dict) -> dict:
+        """The market ``key`` (a step key, or ``STEP@PLACEMENT``), created when first seen."""
+        state = self._markets.get(key)
         if state is None or state["spec"] != spec:
             launched = state["launched"] if state is not None else 0
             t0 = state["t0"] if state is not None else time.time()
             state = {"spec": spec, "t0": t0, "launched": launched}
-            self._markets[step_key] = state
+            self._markets[key] = state
             self._save_markets()
         return state
 
@@ -233,7 +243,8 @@ class LocalCloud:
             return
         spot = job["capacity"] == Capacity.SPOT.value
         if spot:
-            state = self._market_state(job["step_key"], job.get("market") or {"kind": "never"})
+            key = job.get("market_key") or job["step_key"]  # jobs of an older daemon: no key
+            state = self._market_state(key, job.get("market") or {"kind": "never"})
             market = market_from_spec(state["spec"])
             if not market.available(max(0.0, now - state["t0"])):
                 return
@@ -368,6 +379,7 @@ class LocalCloud:
             "job_name": job.get("job_name"),
             "step_key": job.get("step_key"),
             "capacity": job.get("capacity"),
+            "placement": job.get("placement"),
             "instance_id": job.get("instance_id"),
             **extra,
         }
@@ -390,6 +402,12 @@ class LocalCloud:
         if not _safe_id(job_id) or not (job_dir / J.JOB).exists():
             raise NotFoundError(f"local job {job_id} does not exist under {self.state_dir}")
         return job_dir
+
+
+def market_key(step_key: str, placement: str | None) -> str:
+    """The market a job runs in: the step's own (no placement, as before placements existed) or
+    the step's market in one placement."""
+    return step_key if placement is None else f"{step_key}@{placement}"
 
 
 def _safe_id(job_id: str) -> bool:

@@ -133,7 +133,9 @@ class Daemon:
             return 200, {"job_id": cloud.find(query.get("name", [""])[0])}
         if route == ("POST", "market", "available"):
             step_key = str(body.get("step_key") or "")
-            return 200, {"available": cloud.spot_available(step_key, body.get("market") or {})}
+            placement = body.get("placement") or None
+            market = body.get("market") or {}
+            return 200, {"available": cloud.spot_available(step_key, market, placement)}
         if len(route) == 4 and route[0] == "POST" and route[1] == "jobs":
             if route[3] == "cancel":
                 cloud.cancel(route[2], reason=str(body.get("reason") or "cancelled"))

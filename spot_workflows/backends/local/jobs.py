@@ -171,6 +171,7 @@ def summary(job_dir: Path) -> dict:
         "step_key": job.get("step_key") or env.get("SPOT_STEP_KEY"),
         "attempt": job.get("attempt"),
         "capacity": job.get("capacity"),
+        "placement": job.get("placement"),
         "state": obs.state.value,
         "outcome": obs.outcome.value if obs.outcome else None,
         "exit_code": obs.exit_code,
