@@ -33,6 +33,7 @@ from spot_workflows.core.outcomes import (
 )
 from spot_workflows.core.placements import Placement
 from spot_workflows.core.planner import decide
+from spot_workflows.core.pools import decide_pool
 from spot_workflows.errors import (
     BudgetExceededError,
     DeadlineInfeasibleError,
@@ -49,6 +50,7 @@ from spot_workflows.run_events import (  # noqa: F401  (RunnerEvent, RunResult, 
     with_backend_defaults,
 )
 from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
+from spot_workflows.runtime.store.handoff import write_handoff
 
 log = logging.getLogger("spot_workflows.runner")
 
@@ -165,8 +167,6 @@ class StepRunner:
         spent = spent_usd(attempts, self.policy, now)
         outlook = self._outlook(now, tick)
         if self.placements:
-            from spot_workflows.core.pools import decide_pool  # TODO(lead): top-level import
-
             return decide_pool(
                 attempts, self.policy, self.placements, now=now, spent_usd=spent, outlook=outlook
             )
@@ -175,12 +175,15 @@ class StepRunner:
     @property
     def placements(self) -> tuple[Placement, ...]:
         """The backend's placements when the pool planner drives the step: several SPOT
-        placements (racing), or a backend with no market probe (the clouds), where a pending
-        SPOT probe beside an on-demand attempt is how spot is seen coming back. Empty: the
-        single-placement planner with the backend's market probe (the local spot cloud)."""
+        placements (racing), placements the user named, or a backend without a market view (the
+        clouds: a pending SPOT probe beside an on-demand attempt is how spot is seen coming
+        back). Empty: the single-placement planner (the local spot cloud's default market, whose
+        availability the backend can tell directly)."""
         placements = tuple(getattr(self.backend, "placements", None) or ())
         spot = [p for p in placements if p.capacity is Capacity.SPOT]
-        if not placements or (len(spot) <= 1 and self.spot_probe is not None):
+        market_view = callable(getattr(self.backend, "spot_available", None))
+        named = bool(getattr(self.backend, "named_placements", False))
+        if not placements or (market_view and not named and len(spot) <= 1):
             return ()
         return placements
 
@@ -330,8 +333,6 @@ class StepRunner:
         attempt = self.ledger.update(
             attempt, stopping=decision.outcome, handoff=True, reason=decision.reason
         )
-        from spot_workflows.runtime.store.handoff import write_handoff  # TODO(lead): top level
-
         write_handoff(self.store, attempt.number, reason=decision.reason, now=self.clock())
         self._emit("handoff", attempt, decision.reason)
         self._await_exit(attempt)

@@ -19,6 +19,10 @@ Connection types:
   with the ``google_cloud_default`` conventions: the Google provider's ``key_path`` /
   ``keyfile_dict`` extras (plain or ``extra__google_cloud_platform__``-prefixed) are read as
   ``service_account_file`` / ``service_account_info``.
+
+Every kind takes a ``placements`` extra: a JSON list of placements (AWS job queues with their
+regions, GCP regions with their zones, local markets), as a list or as JSON text; a connection
+without it keeps its one spot and one on-demand placement.
 """
 
 from __future__ import annotations
@@ -244,6 +248,8 @@ def console_url(info: ConnectionInfo, job_id: str | None) -> str | None:
     if kind == AWS:
         region = info.extra.get("region_name") or os.environ.get("AWS_DEFAULT_REGION")
         region = region or "us-east-1"
+        if job_id.startswith("arn:") and job_id.count(":") >= 5:  # a job in another region
+            region, job_id = job_id.split(":")[3], job_id.rsplit("/", 1)[-1]
         return (
             f"https://{region}.console.aws.amazon.com/batch/home?region={region}"
             f"#jobs/detail/{job_id}"

@@ -51,7 +51,7 @@ from spot_workflows.airflow.steps import (
 from spot_workflows.airflow.triggers import SpotJobTrigger, settle_deadline
 from spot_workflows.config import SpotPolicy, StepSpec
 from spot_workflows.core.classify import CANCEL_REASON_PREFIX
-from spot_workflows.core.outcomes import Action, Attempt, Decision, Wait
+from spot_workflows.core.outcomes import Action, Attempt, AttemptState, Decision, Wait
 from spot_workflows.errors import ConfigError, LedgerError, NotFoundError
 from spot_workflows.ledger import Ledger
 from spot_workflows.runner import RunnerEvent, StepRunner, market_probe
@@ -61,6 +61,9 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 SUMMARY_KEY = "spot_summary"
+MAX_DECISIONS_PER_ROUND = 32
+"""Decisions carried out in one round before the task waits (a racing top-up is one submit per
+placement; a cancel is followed by the next decision at once)."""
 
 
 def step_key_for(context: Context, task_id: str) -> str:
@@ -170,7 +173,7 @@ class SpotStepOperator(BaseOperator):
         self.deferrable = bool(deferrable)
         self.console_url: str | None = None
         # (backend, job id, checkpoint URI, step key, watcher) while waiting in the task
-        self._waiting_on: tuple[Any, str, str, str, str] | None = None
+        self._waiting_on: tuple[Any, list[str], str, str, str] | None = None
         # Fail at DAG parse time when the values are already known.
         if not is_templated(policy):
             parse_policy(policy)
@@ -257,32 +260,28 @@ class SpotStepOperator(BaseOperator):
         self.console_url = url
 
     def _watch(self, runner: StepRunner, watcher: str) -> None:
-        """Record this try as the one waiting on the live attempt (no write when it is already)."""
-        live = runner.ledger.live
-        if live is None:
-            return
-        try:
-            now = watch_attempt(runner.ledger, live, watcher)
-        except LedgerError as exc:  # bookkeeping only: waiting on the job is still right
-            self.log.warning("could not record %s as the watcher of the attempt: %s", watcher, exc)
-            return
-        if now.watcher != watcher:
-            self.log.warning(
-                "attempt %d is watched by a newer try (%s); this try (%s) will not stop its job",
-                now.number,
-                now.watcher,
-                watcher,
-            )
+        """Record this try as the one waiting on the live attempts (no write when it is)."""
+        for live in runner.ledger.live_attempts:
+            try:
+                now = watch_attempt(runner.ledger, live, watcher)
+            except LedgerError as exc:  # bookkeeping only: waiting on the job is still right
+                self.log.warning("could not record %s as the watcher of attempt %d: %s",
+                                 watcher, live.number, exc)  # fmt: skip
+                continue
+            if now.watcher != watcher:
+                self.log.warning(
+                    "attempt %d is watched by a newer try (%s); this try (%s) will not stop its "
+                    "job",
+                    now.number,
+                    now.watcher,
+                    watcher,
+                )
 
     def _wait_in_task(self, runner: StepRunner, backend: Any, watcher: str) -> Decision:
         """``deferrable=False``: one poll interval in the task, then the next decision."""
-        live = runner.ledger.live
+        jobs = [a.job_id for a in runner.ledger.live_attempts if a.job_id]
         spec = runner.spec
-        self._waiting_on = (
-            (backend, live.job_id, spec.checkpoint_uri, spec.key, watcher)
-            if live and live.job_id
-            else None
-        )
+        self._waiting_on = (backend, jobs, spec.checkpoint_uri, spec.key, watcher) if jobs else None
         try:
             time.sleep(self.poll_interval)
             return self._decide(runner)
@@ -296,26 +295,35 @@ class SpotStepOperator(BaseOperator):
         waiting = self._waiting_on
         if waiting is None:
             return
-        backend, job_id, uri, key, watcher = waiting
-        try:
-            why_not = stop_as_watcher(Ledger.open(CheckpointStore(uri), key), job_id, watcher)
-        except LedgerError as exc:  # cannot record it: cancel anyway (the task is going away)
-            self.log.warning("could not record the stop of job %s in the ledger: %s", job_id, exc)
-            why_not = None
-        if why_not is not None:
-            self.log.info("task stopped: leaving job %s alone: %s", job_id, why_not)
-            return
-        self.log.info("task stopped: attempt recorded as stopped; cancelling job %s", job_id)
-        try:
-            backend.cancel(job_id, reason=f"{CANCEL_REASON_PREFIX} the Airflow task was stopped")
-        except NotFoundError:
-            self.log.info("job %s is already gone", job_id)
+        backend, job_ids, uri, key, watcher = waiting
+        for job_id in job_ids:
+            try:
+                ledger = Ledger.open(CheckpointStore(uri), key)
+                why_not = stop_as_watcher(ledger, job_id, watcher)
+            except LedgerError as exc:  # cannot record it: cancel anyway (the task is going away)
+                self.log.warning("could not record the stop of job %s in the ledger: %s",
+                                 job_id, exc)  # fmt: skip
+                why_not = None
+            if why_not is not None:
+                self.log.info("task stopped: leaving job %s alone: %s", job_id, why_not)
+                continue
+            self.log.info("task stopped: attempt recorded as stopped; cancelling job %s", job_id)
+            try:
+                backend.cancel(
+                    job_id, reason=f"{CANCEL_REASON_PREFIX} the Airflow task was stopped"
+                )
+            except NotFoundError:
+                self.log.info("job %s is already gone", job_id)
 
     def _decide(self, runner: StepRunner) -> Decision:
         """Reconcile, decide, carry out; again at once after a CANCEL (e.g. no spot capacity)."""
         try:
             decision = runner.tick()
-            while decision.action is Action.CANCEL:
+            # a cancel, or a submit while attempts race in several placements: decide again now
+            for _ in range(MAX_DECISIONS_PER_ROUND):
+                pooled = decision.action is Action.SUBMIT and bool(runner.placements)
+                if decision.action is not Action.CANCEL and not pooled:
+                    break
                 decision = runner.tick()
         except (ConfigError, LedgerError) as exc:  # a bad setting: retrying cannot fix it
             raise AirflowFailException(f"{self.task_id}: {exc}") from exc
@@ -332,10 +340,16 @@ class SpotStepOperator(BaseOperator):
         self.log.info(
             "deferring on attempt %d (%s, job %s)", live.number, live.capacity.value, live.job_id
         )
+        others = [  # racing attempts in other placements, or a spot probe: any start is news
+            a.job_id
+            for a in runner.ledger.live_attempts
+            if a.number != live.number and a.job_id and a.state is AttemptState.PENDING
+        ]
         self.defer(
             trigger=SpotJobTrigger(
                 spot_conn_id=self.spot_conn_id,
                 job_id=live.job_id,
+                other_job_ids=others,
                 poll_interval=self.poll_interval,
                 wake_at=wake_at,
                 # no resume within seconds of this deferral: Airflow could fail the task

@@ -108,10 +108,12 @@ class SpotJobTrigger(BaseTrigger):
         checkpoint_uri: str | None = None,
         step_key: str | None = None,
         watcher: str | None = None,
+        other_job_ids: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.spot_conn_id = spot_conn_id
         self.job_id = job_id
+        self.other_job_ids = list(other_job_ids)
         self.poll_interval = float(poll_interval)
         self.wake_at = None if wake_at is None else float(wake_at)
         self.not_before = None if not_before is None else float(not_before)
@@ -131,6 +133,7 @@ class SpotJobTrigger(BaseTrigger):
                 "checkpoint_uri": self.checkpoint_uri,
                 "step_key": self.step_key,
                 "watcher": self.watcher,
+                "other_job_ids": self.other_job_ids,
             },
         )
 
@@ -175,10 +178,17 @@ class SpotJobTrigger(BaseTrigger):
                 ):
                     with attempt:
                         tries = attempt.retry_state.attempt_number
-                        seen = await asyncio.to_thread(backend.describe, [self.job_id])
+                        seen = await asyncio.to_thread(
+                            backend.describe, [self.job_id, *self.other_job_ids]
+                        )
             except Exception as exc:  # the task must learn why, not time out
                 times = "once" if tries == 1 else f"{tries} times"
                 return self._event("error", message=f"describe failed {times}: {exc}")
+            for other in self.other_job_ids:  # racers / a spot probe: any start is news
+                got = seen.get(other)
+                if got is None or got.state is not AttemptState.PENDING:
+                    state = got.state.value if got is not None else "GONE"
+                    return self._event("changed", other_job_id=other, state=state)
             obs = seen.get(self.job_id)
             if obs is None:
                 return self._event("gone")
@@ -194,31 +204,34 @@ class SpotJobTrigger(BaseTrigger):
             await asyncio.sleep(delay)
 
     async def on_kill(self) -> None:
-        """A user cleared the deferred task or marked it failed/success: record the attempt as
-        stopped (write-ahead: the next try resumes from its checkpoint), then cancel its job --
-        unless a newer try of the task now waits on the attempt: then the job is left alone."""
-        why_not = await asyncio.to_thread(self._record_stop)
-        if why_not is not None:
-            self.log.info("task stopped: leaving job %s alone: %s", self.job_id, why_not)
-            return
-        backend = await self._backend()
-        self.log.info("task stopped: cancelling job %s", self.job_id)
-        try:
-            await asyncio.to_thread(
-                backend.cancel, self.job_id, reason=f"{CANCEL_REASON_PREFIX} {STOPPED_REASON}"
-            )
-        except NotFoundError:
-            self.log.info("job %s is already gone", self.job_id)
+        """A user cleared the deferred task or marked it failed/success: record the attempt (and
+        any racing or probing attempts beside it) as stopped (write-ahead: the next try resumes
+        from its checkpoint), then cancel their jobs -- unless a newer try of the task now waits
+        on the attempt: then the jobs are left alone."""
+        backend = None
+        for job_id in [self.job_id, *self.other_job_ids]:
+            why_not = await asyncio.to_thread(self._record_stop, job_id)
+            if why_not is not None:
+                self.log.info("task stopped: leaving job %s alone: %s", job_id, why_not)
+                continue
+            backend = backend or await self._backend()
+            self.log.info("task stopped: cancelling job %s", job_id)
+            try:
+                await asyncio.to_thread(
+                    backend.cancel, job_id, reason=f"{CANCEL_REASON_PREFIX} {STOPPED_REASON}"
+                )
+            except NotFoundError:
+                self.log.info("job %s is already gone", job_id)
 
-    def _record_stop(self) -> str | None:
+    def _record_stop(self, job_id: str) -> str | None:
         """:func:`stop_as_watcher` on the step's ledger; None (cancel) without one."""
         if not (self.checkpoint_uri and self.step_key):
             return None  # serialized by an older version: no ledger to write
         try:
             ledger = Ledger.open(CheckpointStore(self.checkpoint_uri), self.step_key)
-            return stop_as_watcher(ledger, self.job_id, self.watcher)
+            return stop_as_watcher(ledger, job_id, self.watcher)
         except LedgerError as exc:  # cannot record it: cancel anyway, as a user asked
-            self.log.warning("could not record the stop of %s in the ledger: %s", self.job_id, exc)
+            self.log.warning("could not record the stop of %s in the ledger: %s", job_id, exc)
             return None
 
 

@@ -1,4 +1,5 @@
-"""AWS Batch backend: one job queue per capacity, a job definition per step spec.
+"""AWS Batch backend: job queues per capacity (placements, possibly in several regions), a job
+definition per step spec (and region).
 
 - ``submit`` registers (once) a job definition from the StepSpec -- image, command, vCPU/memory,
   GPU ``resourceRequirements``, timeout, an optional Batch-level ``retryStrategy`` that retries
@@ -9,6 +10,11 @@
   classifier; a RUNNABLE job is PENDING, and the planner cancels it past the capacity timeout.
 - ``cancel`` is TerminateJob (cancels a job that has not started, stops one that has).
 - ``find`` lists each queue with a ``JOB_NAME`` filter (which returns jobs in every status).
+- Placements: ``spot_queue``/``on_demand_queue`` are one placement each; ``placements`` lists
+  several queues per capacity, each in its own region (default: the backend's). One Batch client
+  per region; a job outside the home region is named by its job ARN (see ``aws_placements``).
+  ``check_spec`` makes sure, once, that every other region's queues can be reached with these
+  credentials, before anything is recorded or submitted.
 
 Clients are injectable (``session``, ``endpoint_url``, or ready ``batch_client``/``ecs_client``).
 """
@@ -17,9 +23,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from spot_workflows.backends import aws_placements as ap
 from spot_workflows.backends.aws_errors import AwsCaller, RetryPolicy, make_client
 from spot_workflows.backends.aws_jobs import (
     cluster_of,
@@ -33,7 +40,9 @@ from spot_workflows.backends.aws_jobs import (
 )
 from spot_workflows.backends.base import attempt_env
 from spot_workflows.config import StepSpec
+from spot_workflows.core.cost import PriceCatalog
 from spot_workflows.core.outcomes import Capacity, Observation
+from spot_workflows.core.placements import Placement, of_capacity
 from spot_workflows.errors import ConfigError, SpotWorkflowsError
 
 log = logging.getLogger("spot_workflows.aws")
@@ -43,6 +52,7 @@ MAX_REASON = 1024
 TAG_STEP = "spot-workflows:step"
 TAG_ATTEMPT = "spot-workflows:attempt"
 TAG_CAPACITY = "spot-workflows:capacity"
+TAG_PLACEMENT = "spot-workflows:placement"
 
 
 class AwsBatchBackend:
@@ -54,8 +64,9 @@ class AwsBatchBackend:
     def __init__(
         self,
         *,
-        spot_queue: str,
-        on_demand_queue: str,
+        spot_queue: str | None = None,
+        on_demand_queue: str | None = None,
+        placements: Sequence[Placement | dict] | None = None,
         region: str | None = None,
         session: Any = None,
         endpoint_url: str | None = None,
@@ -70,35 +81,47 @@ class AwsBatchBackend:
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        if not spot_queue or not on_demand_queue:
-            raise ConfigError(
-                "AwsBatchBackend needs spot_queue and on_demand_queue (names or ARNs)"
-            )
+        self.placements = ap.placements_of(
+            placements=placements, spot_queue=spot_queue, on_demand_queue=on_demand_queue
+        )
         retry_strategy(batch_retries)  # raises ConfigError now rather than at the first submit
-        self.queues = {Capacity.SPOT: spot_queue, Capacity.ON_DEMAND: on_demand_queue}
+        self.queues = {c: of_capacity(self.placements, c)[0].queue for c in Capacity}
         self.batch = batch_client or make_client(
             "batch", session=session, region=region, endpoint_url=endpoint_url
         )
         self.region = region or self.batch.meta.region_name
-        self._ecs = ecs_client
-        self._ecs_factory = lambda: make_client(
-            "ecs", session=session, region=self.region, endpoint_url=endpoint_url
-        )
+        self._session, self._endpoint_url = session, endpoint_url
+        self._retry, self._sleep = retry, sleep
+        self._batch: dict[str, Any] = {self.region: self.batch}
+        self._ecs: dict[str, Any] = {self.region: ecs_client} if ecs_client else {}
         self.call = AwsCaller(retry=retry, sleep=sleep, region=self.region)
+        self._callers: dict[str, AwsCaller] = {self.region: self.call}
+        for p in self.placements:  # one client per region, made now: a bad region fails here
+            self._client(ap.region_of(p, self.region))
+        self._reached = False
         self.definition_prefix = definition_prefix
         self.batch_retries = batch_retries
         self.job_role_arn = job_role_arn
         self.wrap = wrap
         self.resolve_hosts = resolve_hosts
         self.tags = dict(tags or {})
-        self._definitions: dict[str, str] = {}  # definition name -> ARN with revision
+        self._definitions: dict[tuple[str, str], str] = {}  # (region, name) -> ARN, revision
         self._hosts: dict[str, dict[str, str | None]] = {}  # container instance ARN -> host
         self._noticed: set[str] = set()  # job ids an interruption warning was seen for
 
     # -- Backend protocol --------------------------------------------------------------------
-    def submit(self, spec: StepSpec, *, job_name: str, attempt: int, capacity: Capacity) -> str:
-        queue = self.queues[capacity]
-        definition = self.ensure_job_definition(spec)
+    def submit(
+        self,
+        spec: StepSpec,
+        *,
+        job_name: str,
+        attempt: int,
+        capacity: Capacity,
+        placement: str | None = None,
+    ) -> str:
+        chosen = ap.pick(self.placements, capacity, placement)
+        queue, region = chosen.queue, ap.region_of(chosen, self.region)
+        definition = self.ensure_job_definition(spec, region=region)
         extra = {"SPOT_NOTICE_SOURCE": "aws"} if spec.notice_source == "auto" else None
         env = attempt_env(spec, attempt=attempt, capacity=capacity, extra=extra)
         tags = {
@@ -106,9 +129,10 @@ class AwsBatchBackend:
             TAG_STEP: spec.key[:256],
             TAG_ATTEMPT: str(attempt),
             TAG_CAPACITY: capacity.value,
+            TAG_PLACEMENT: chosen.name,
         }
-        resp = self.call(
-            self.batch,
+        resp = self._caller(region)(
+            self._client(region),
             "submit_job",
             what=f"AWS Batch job queue {queue!r}",
             before_retry=lambda: self.find(job_name),
@@ -121,36 +145,51 @@ class AwsBatchBackend:
         if isinstance(resp, str):  # before_retry found the job AWS had accepted
             log.info("submit of %s was accepted before its answer was lost: %s", job_name, resp)
             return resp
-        return str(resp["jobId"])
+        return ap.job_ref(str(resp["jobId"]), resp.get("jobArn"), region, self.region)
 
     def describe(self, job_ids: Sequence[str]) -> dict[str, Observation]:
         out: dict[str, Observation] = {}
-        ids = list(dict.fromkeys(j for j in job_ids if j))
-        for start in range(0, len(ids), DESCRIBE_BATCH):
-            chunk = ids[start : start + DESCRIBE_BATCH]
-            jobs = self.call(self.batch, "describe_jobs", what="AWS Batch jobs", jobs=chunk)["jobs"]
-            for job in jobs:
-                obs = observation_from_job(job, notice_seen=job.get("jobId") in self._noticed)
-                obs = self._with_host(obs, job)
-                out[obs.job_id] = obs
-                arn = job.get("jobArn")
-                if arn in chunk:  # the caller asked by ARN
-                    out[arn] = obs
+        for region, wanted in ap.by_region(job_ids, self.region).items():
+            ids = list(wanted)
+            for start in range(0, len(ids), DESCRIBE_BATCH):
+                chunk = ids[start : start + DESCRIBE_BATCH]
+                jobs = self._caller(region)(
+                    self._client(region), "describe_jobs", what="AWS Batch jobs", jobs=chunk
+                )["jobs"]
+                for job in jobs:
+                    noticed = {job.get("jobId"), job.get("jobArn")} & self._noticed
+                    obs = self._with_host(observation_from_job(job, notice_seen=bool(noticed)), job)
+                    for given in wanted.get(str(job.get("jobId")), []) or [obs.job_id]:
+                        out[given] = obs.model_copy(update={"job_id": given})
+                    if region == self.region:
+                        out[obs.job_id] = obs
         return out
 
     def cancel(self, job_id: str, *, reason: str) -> None:
-        self.call(
-            self.batch,
+        region, plain = ap.split_job_id(job_id, self.region)
+        self._caller(region)(
+            self._client(region),
             "terminate_job",
             what=f"AWS Batch job {job_id}",
-            jobId=job_id,
+            jobId=plain,
             reason=(reason or "cancelled by spot-workflows")[:MAX_REASON],
         )
 
     def find(self, job_name: str) -> str | None:
-        """Newest job named ``job_name`` in either queue (JOB_NAME filter: every status)."""
+        """Newest job named ``job_name`` in any placement's queue (JOB_NAME filter: every
+        status)."""
         best: tuple[int, str] | None = None
-        for queue in dict.fromkeys(self.queues.values()):
+        for region, queues in ap.queues_by_region(self.placements, self.region).items():
+            found = self._find_in(region, queues, job_name)
+            if found is not None and best is not None and best[0] != found[0]:
+                log.warning("more than one AWS Batch job is named %s", job_name)
+            if found is not None and (best is None or found[0] > best[0]):
+                best = found
+        return best[1] if best else None
+
+    def _find_in(self, region: str, queues: Iterable[str], job_name: str) -> tuple[int, str] | None:
+        best: tuple[int, str] | None = None
+        for queue in queues:
             token: str | None = None
             while True:
                 params: dict[str, Any] = {
@@ -159,8 +198,11 @@ class AwsBatchBackend:
                 }
                 if token:
                     params["nextToken"] = token
-                page = self.call(
-                    self.batch, "list_jobs", what=f"AWS Batch job queue {queue!r}", **params
+                page = self._caller(region)(
+                    self._client(region),
+                    "list_jobs",
+                    what=f"AWS Batch job queue {queue!r}",
+                    **params,
                 )
                 for summary in page.get("jobSummaryList", []):
                     if summary.get("jobName") != job_name:
@@ -169,11 +211,14 @@ class AwsBatchBackend:
                     if best is not None and best[0] != created:
                         log.warning("more than one AWS Batch job is named %s", job_name)
                     if best is None or created > best[0]:
-                        best = (created, str(summary["jobId"]))
+                        ref = ap.job_ref(
+                            str(summary["jobId"]), summary.get("jobArn"), region, self.region
+                        )
+                        best = (created, ref)
                 token = page.get("nextToken")
                 if not token:
                     break
-        return best[1] if best else None
+        return best
 
     # -- extras --------------------------------------------------------------------------------
     def record_notice(self, job_id: str) -> None:
@@ -181,20 +226,83 @@ class AwsBatchBackend:
         self._noticed.add(job_id)
 
     def check_spec(self, spec: StepSpec) -> None:
-        """Raise ConfigError for a spec AWS Batch cannot run (before anything is recorded)."""
+        """Raise ConfigError for a spec AWS Batch cannot run, or for a placement outside the
+        home region whose queue these credentials cannot reach (before anything is recorded)."""
         resource_requirements(spec)
+        self.check_placements()
 
-    def ensure_job_definition(self, spec: StepSpec) -> str:
-        """ARN (with revision) of the ACTIVE job definition for ``spec``; registers it once."""
+    def check_placements(self) -> None:
+        """Once: DescribeJobQueues in each region other than the home one (whose first call
+        reports its own errors); a region or queue the credentials cannot reach is a one-line
+        ConfigError naming the placement."""
+        if self._reached:
+            return
+        for region, queues in ap.queues_by_region(self.placements, self.region).items():
+            if region == self.region:
+                continue
+            first = next(iter(queues.values()))
+            try:
+                found = self._caller(region)(
+                    self._client(region),
+                    "describe_job_queues",
+                    what=f"AWS Batch job queues in {region}",
+                    jobQueues=list(queues),
+                ).get("jobQueues", [])
+            except SpotWorkflowsError as exc:
+                raise ConfigError(
+                    f"placements: placement {first!r} is in region {region}, which these AWS "
+                    f"credentials cannot reach ({_one_line(exc)}); enable the region for the "
+                    "account, fix the region, or remove the placement"
+                ) from None
+            missing = ap.missing_queues(queues, found)
+            if missing:
+                raise ConfigError(
+                    f"placements: placement {queues[missing[0]]!r} names job queue "
+                    f"{missing[0]!r}, which does not exist in region {region}; fix its queue "
+                    "or region (`spot-workflows aws bootstrap --region` creates queues)"
+                )
+        self._reached = True
+
+    def price_per_hour(
+        self, placement: str, *, instance_type: str | None, catalog: PriceCatalog | None = None
+    ) -> float | None:
+        """USD per hour on ``placement``: its ``usd_per_hour``, else ``catalog``'s price for
+        ``instance_type`` in its region on its capacity (None when unknown)."""
+        chosen = next((p for p in self.placements if p.name == placement), None)
+        if chosen is None:
+            raise ConfigError(
+                f"placement {placement!r} is not one of {[p.name for p in self.placements]}"
+            )
+        return ap.price_per_hour(
+            chosen, instance_type=instance_type, home=self.region, catalog=catalog
+        )
+
+    def _client(self, region: str) -> Any:
+        if region not in self._batch:
+            self._batch[region] = make_client(
+                "batch", session=self._session, region=region, endpoint_url=self._endpoint_url
+            )
+        return self._batch[region]
+
+    def _caller(self, region: str) -> AwsCaller:
+        if region not in self._callers:
+            self._callers[region] = AwsCaller(retry=self._retry, sleep=self._sleep, region=region)
+        return self._callers[region]
+
+    def ensure_job_definition(self, spec: StepSpec, *, region: str | None = None) -> str:
+        """ARN (with revision) of the ACTIVE job definition for ``spec`` in ``region`` (default:
+        the home region); registers it once."""
+        region = region or self.region
+        client, call = self._client(region), self._caller(region)
         body = job_definition(
             spec, batch_retries=self.batch_retries, job_role_arn=self.job_role_arn, wrap=self.wrap
         )
         name = job_definition_name(self.definition_prefix, spec.key, body)
-        if name in self._definitions:
-            return self._definitions[name]
+        if (region, name) in self._definitions:
+            return self._definitions[(region, name)]
         what = f"AWS Batch job definition {name!r}"
-        found = self.call(
-            self.batch,
+        found = call(
+            client,
             "describe_job_definitions",
             what=what,
             jobDefinitionName=name,
@@ -203,8 +311,8 @@ class AwsBatchBackend:
         if found:
             arn = max(found, key=lambda d: int(d.get("revision") or 0))["jobDefinitionArn"]
         else:
-            arn = self.call(
-                self.batch,
+            arn = call(
+                client,
                 "register_job_definition",
                 what=what,
                 jobDefinitionName=name,
@@ -212,7 +320,7 @@ class AwsBatchBackend:
                 **body,
             )["jobDefinitionArn"]
             log.info("registered %s for step %s", arn, spec.key)
-        self._definitions[name] = arn
+        self._definitions[(region, name)] = arn
         return arn
 
     # -- where a job runs (for cost and for tying interruption warnings to steps) ----------------
@@ -228,17 +336,21 @@ class AwsBatchBackend:
 
     def _host(self, arn: str) -> dict[str, str | None] | None:
         if arn not in self._hosts:
+            region = arn.split(":")[3] or self.region
             try:
-                self._hosts.update(container_hosts(self._ecs_client(), [arn], call=self.call))
+                ecs = self._ecs_client(region)
+                self._hosts.update(container_hosts(ecs, [arn], call=self._caller(region)))
             except SpotWorkflowsError as exc:  # best effort: never fail a describe over it
                 log.debug("could not resolve ECS container instance %s: %s", arn, exc)
                 return None
         return self._hosts.get(arn)
 
-    def _ecs_client(self) -> Any:
-        if self._ecs is None:
-            self._ecs = self._ecs_factory()
-        return self._ecs
+    def _ecs_client(self, region: str) -> Any:
+        if region not in self._ecs:
+            self._ecs[region] = make_client(
+                "ecs", session=self._session, region=region, endpoint_url=self._endpoint_url
+            )
+        return self._ecs[region]
 
 
 def container_hosts(
@@ -269,3 +381,8 @@ def container_hosts(
                     "zone": attrs.get("ecs.availability-zone"),
                 }
     return out
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error's text on one line, cut short (for a message that quotes it)."""
+    return " ".join(str(exc).split())[:200]

@@ -5,6 +5,11 @@ with one lifecycle policy; reserved exit codes 50000-50006 (50001 = spot preempt
 run duration exceeded); a preemption status event reads ``... due to Spot Preemption with exit code
 50001.``. Jobs live under the regional parent ``projects/P/locations/R``.
 
+Placements are regions (each with optional allowed zones): ``region``/``zones`` are one SPOT and
+one STANDARD placement (``spot``, ``on-demand``), ``placements`` lists several per capacity. A job
+id is the job's full resource name (``projects/P/locations/REGION/jobs/ID``), unique across
+regions; ``find`` looks in every placement's region.
+
 Job ids are derived from the ledger's job name (unique per attempt), so a re-run never collides
 with an earlier attempt; a 409 ``AlreadyExists`` on create can only mean our own earlier submit of
 *this* attempt went through (e.g. the reply was lost), and that job is adopted.
@@ -24,6 +29,7 @@ from google.cloud import batch_v1
 
 from spot_workflows.backends.base import attempt_env
 from spot_workflows.backends.gcp_errors import call, translate
+from spot_workflows.backends.gcp_placements import gcp_placements, pick
 from spot_workflows.backends.gcp_status import (
     LABEL_ATTEMPT,
     LABEL_CAPACITY,
@@ -37,12 +43,15 @@ from spot_workflows.backends.gcp_status import (
     observe_job,
 )
 from spot_workflows.config import StepSpec
+from spot_workflows.core.cost import PriceCatalog
 from spot_workflows.core.outcomes import Capacity, Observation
+from spot_workflows.core.placements import Placement, by_name
 from spot_workflows.errors import BackendError, ConfigError
 
 _LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _REGION = re.compile(r"^[a-z]+(?:-[a-z]+)+\d+$")
 _TOPIC = re.compile(r"^projects/[^/]+/topics/[^/]+$")
+LABEL_PLACEMENT = "spot-workflows-placement"
 _GPU_MACHINES = ("a2-", "a3-", "a4-", "g2-", "g4-")  # accelerator-optimized: GPUs are implied
 
 
@@ -70,6 +79,7 @@ class GcpBatchBackend:
         accelerator_type: str | None = None,
         accelerator_count: int | None = None,
         zones: Sequence[str] = (),
+        placements: Sequence[Placement | dict] | None = None,
         install_gpu_drivers: bool | None = None,
         in_place_retries: int = 0,
         service_account: str | None = None,
@@ -87,6 +97,7 @@ class GcpBatchBackend:
         for zone in zones:
             if not zone.startswith(f"{region}-"):
                 raise ConfigError(f"zone {zone!r} is not in region {region!r} (e.g. {region}-a)")
+        self.placements = gcp_placements(placements, region=region, zones=tuple(zones))
         if not 0 <= in_place_retries <= 10:
             raise ConfigError(
                 f"in_place_retries must be 0..10 (maxRetryCount), not {in_place_retries}"
@@ -115,10 +126,24 @@ class GcpBatchBackend:
             except Exception as exc:  # DefaultCredentialsError and friends
                 raise translate(exc, what=f"create a GCP Batch client for {self.parent}") from exc
         self.client = client
+        self._reached = False
 
     @property
     def parent(self) -> str:
         return f"projects/{self.project}/locations/{self.region}"
+
+    def parent_of(self, placement: Placement) -> str:
+        return f"projects/{self.project}/locations/{placement.region or self.region}"
+
+    def regions(self) -> list[str]:
+        """The placements' regions, the home region first."""
+        return list(
+            dict.fromkeys([self.region, *(p.region or self.region for p in self.placements)])
+        )
+
+    def placement(self, capacity: Capacity, name: str | None) -> Placement:
+        """The placement to submit to: ``name``, else the first of ``capacity``."""
+        return pick(self.placements, capacity, name)
 
     def job_path(self, job_id_or_name: str) -> str:
         if job_id_or_name.startswith("projects/"):
@@ -137,9 +162,17 @@ class GcpBatchBackend:
 
     # -- building the job --------------------------------------------------------------------
     def build_job(
-        self, spec: StepSpec, *, job_name: str, attempt: int, capacity: Capacity
+        self,
+        spec: StepSpec,
+        *,
+        job_name: str,
+        attempt: int,
+        capacity: Capacity,
+        zones: Sequence[str] | None = None,
     ) -> batch_v1.Job:
-        """The ``batch_v1.Job`` for one attempt (pure: no API call)."""
+        """The ``batch_v1.Job`` for one attempt (pure: no API call); ``zones``: the allowed
+        zones (default: the backend's ``zones``)."""
+        zones = self.zones if zones is None else tuple(zones)
         if not spec.image:
             raise ConfigError(
                 f"step {spec.key!r} has no image: GCP Batch runs containers, set StepSpec.image "
@@ -218,9 +251,9 @@ class GcpBatchBackend:
             ],
             labels=labels,
         )
-        if self.zones:
+        if zones:
             allocation.location = batch_v1.AllocationPolicy.LocationPolicy(
-                allowed_locations=[f"zones/{z}" for z in self.zones]
+                allowed_locations=[f"zones/{z}" for z in zones]
             )
         if self.service_account:
             allocation.service_account = batch_v1.ServiceAccount(email=self.service_account)
@@ -244,29 +277,42 @@ class GcpBatchBackend:
         return job
 
     # -- Backend protocol --------------------------------------------------------------------
-    def submit(self, spec: StepSpec, *, job_name: str, attempt: int, capacity: Capacity) -> str:
-        job = self.build_job(spec, job_name=job_name, attempt=attempt, capacity=capacity)
+    def submit(
+        self,
+        spec: StepSpec,
+        *,
+        job_name: str,
+        attempt: int,
+        capacity: Capacity,
+        placement: str | None = None,
+    ) -> str:
+        chosen = self.placement(capacity, placement)
+        parent = self.parent_of(chosen)
+        job = self.build_job(
+            spec, job_name=job_name, attempt=attempt, capacity=capacity, zones=chosen.zones
+        )
+        job.labels[LABEL_PLACEMENT] = gcp_label_value(chosen.name)
         job_id = gcp_job_id(job_name)
         request = batch_v1.CreateJobRequest(
-            parent=self.parent,
+            parent=parent,
             job_id=job_id,
             job=job,
-            request_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self.parent}/jobs/{job_id}")),
+            request_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{parent}/jobs/{job_id}")),
         )
         try:
             created = self._call(
                 lambda: self.client.create_job(
                     request=request, retry=None, timeout=self.rpc_timeout_s
                 ),
-                what=f"create job {job_id} in {self.parent}",
+                what=f"create job {job_id} in {parent}",
                 passthrough=(gexc.AlreadyExists,),
             )
             return created.name
         except gexc.AlreadyExists:
-            existing = self.get_job(job_id)
+            existing = self.get_job(f"{parent}/jobs/{job_id}")
             if existing is None:
                 raise BackendError(
-                    f"GCP Batch said job {job_id} exists in {self.parent} but cannot find it; "
+                    f"GCP Batch said job {job_id} exists in {parent} but cannot find it; "
                     "run the step again"
                 ) from None
             if existing.labels.get(LABEL_STEP) != labels_step(spec.key):
@@ -301,8 +347,57 @@ class GcpBatchBackend:
             return
 
     def find(self, job_name: str) -> str | None:
-        job = self.get_job(gcp_job_id(job_name))
-        return job.name if job is not None else None
+        """The job of ``job_name`` in any placement's region (the home region first)."""
+        job_id = gcp_job_id(job_name)
+        for region in self.regions():
+            job = self.get_job(f"projects/{self.project}/locations/{region}/jobs/{job_id}")
+            if job is not None:
+                return job.name
+        return None
+
+    def check_spec(self, spec: StepSpec) -> None:
+        """Once: list jobs in each placement region other than the home one (whose first call
+        reports its own errors); a region these credentials cannot reach is a one-line
+        ConfigError naming the placement, raised before anything is recorded or submitted."""
+        if self._reached:
+            return
+        for region in self.regions()[1:]:
+            parent = f"projects/{self.project}/locations/{region}"
+            try:
+                self._call(
+                    lambda parent=parent: self.client.list_jobs(
+                        request=batch_v1.ListJobsRequest(parent=parent, page_size=1),
+                        retry=None,
+                        timeout=self.rpc_timeout_s,
+                    ),
+                    what=f"list jobs in {parent}",
+                )
+            except Exception as exc:  # translated SDK errors: credentials, API, network
+                name = next(p.name for p in self.placements if (p.region or self.region) == region)
+                raise ConfigError(
+                    f"placements: placement {name!r} is in region {region}, which these GCP "
+                    f"credentials cannot reach ({_one_line(exc)}); enable Batch there, fix the "
+                    "region, or remove the placement"
+                ) from None
+        self._reached = True
+
+    def price_per_hour(
+        self, placement: str, *, machine_type: str | None, catalog: PriceCatalog | None = None
+    ) -> float | None:
+        """USD per hour on ``placement``: its ``usd_per_hour``, else ``catalog``'s price for
+        ``machine_type`` in its region on its capacity (None when unknown)."""
+        chosen = by_name(self.placements, placement)
+        if chosen is None:
+            raise ConfigError(
+                f"placement {placement!r} is not one of {[p.name for p in self.placements]}"
+            )
+        if chosen.usd_per_hour is not None:
+            return chosen.usd_per_hour
+        machine_type = machine_type or self.machine_type
+        if catalog is None or not machine_type:
+            return None
+        price = catalog.find("gcp", machine_type, chosen.region or self.region)
+        return catalog.hourly(price, chosen.capacity) if price is not None else None
 
     # -- extras ------------------------------------------------------------------------------
     def get_job(self, job_id: str) -> batch_v1.Job | None:
@@ -334,3 +429,8 @@ class GcpBatchBackend:
                     yield job
         except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
             raise translate(exc, what=f"list jobs in {self.parent}") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error's text on one line, cut short (for a message that quotes it)."""
+    return " ".join(str(exc).split())[:200]

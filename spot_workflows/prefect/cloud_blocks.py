@@ -33,7 +33,8 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 
 class AwsBatchBackendBlock(SpotBackendBlock, settings_fields(AwsSettings)):  # type: ignore[misc]
-    """Run spot steps on AWS Batch: a spot job queue and an on-demand job queue.
+    """Run spot steps on AWS Batch: a spot job queue and an on-demand job queue, or
+    ``placements``: several job queues per capacity, possibly in several regions.
 
     Checkpoints and the attempt ledger live under ``checkpoint_root`` (an ``s3://`` prefix the
     jobs can write). Credentials come from a prefect-aws ``AwsCredentials`` block when given,
@@ -86,7 +87,8 @@ class AwsBatchBackendBlock(SpotBackendBlock, settings_fields(AwsSettings)):  # t
 
 
 class GcpBatchBackendBlock(SpotBackendBlock, settings_fields(GcpSettings)):  # type: ignore[misc]
-    """Run spot steps on GCP Batch: SPOT provisioning, escalating to STANDARD.
+    """Run spot steps on GCP Batch: SPOT provisioning, escalating to STANDARD, in one region or
+    in several (``placements``: regions with their zones, per capacity).
 
     Checkpoints and the attempt ledger live under ``checkpoint_root`` (a ``gs://`` prefix the
     jobs can write). Credentials come from a prefect-gcp ``GcpCredentials`` block when given,

@@ -217,7 +217,9 @@ class LocalBackend:
         self.market = market
         self.market_spec = market_spec(market)
         self.placements, self._market_specs = _placements(placements, markets, self.market_spec)
-        self._named = placements is not None  # False: the one market per capacity of old
+        self.named_placements = placements is not None
+        """True when the user listed placements (markets); False: the one market per capacity
+        of old, whose availability :meth:`spot_available` tells the runner directly."""
         self.notice_window_s = notice_window_s
         self.grace_s = grace_s
         self.notice_poll_s = notice_poll_s
@@ -305,7 +307,7 @@ class LocalBackend:
             "notice_window_s": self.notice_window_s,
             "grace_s": self.grace_s,
         }
-        if self._named:
+        if self.named_placements:
             doc["placement"] = place.name
         return str(self.client.call("POST", "/v1/jobs", doc)["job_id"])
 
@@ -332,7 +334,7 @@ class LocalBackend:
         key = step_key or self._step_key or ""
         place = self.placement_for(Capacity.SPOT, placement)
         body: dict = {"step_key": key, "market": self._market_specs[place.name]}
-        if self._named:
+        if self.named_placements:
             body["placement"] = place.name
         return bool(self.client.call("POST", "/v1/market/available", body)["available"])
 

@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Any, Self
 
 from pydantic import ConfigDict, Field, SecretStr, model_validator
 
-from spot_workflows.backends.settings.common import BackendSettings, SettingError
+from spot_workflows.backends.aws_placements import ON_DEMAND_NAME, SPOT_NAME
+from spot_workflows.backends.settings.common import (
+    BackendSettings,
+    SettingError,
+    need_both_capacities,
+)
+from spot_workflows.core.outcomes import Capacity
+from spot_workflows.core.placements import Placement
 from spot_workflows.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -27,15 +34,35 @@ def _secret(value: SecretStr | None) -> str | None:
 
 class AwsSettings(BackendSettings):
     """AWS Batch: a spot job queue and an on-demand job queue (``spot-workflows aws bootstrap``
-    creates both, and the events queue)."""
+    creates both, and the events queue), or ``placements``: several job queues per capacity,
+    possibly in several regions.
+
+    Set either ``spot_queue`` and ``on_demand_queue`` (one placement each, named ``spot`` and
+    ``on-demand``) or ``placements``, not both. ``region_name`` is the region of every
+    placement that names none (and of the events queue).
+    """
 
     # an Airflow ``aws`` connection also carries the Amazon provider's own extras: ignore them
     model_config = ConfigDict(extra="ignore", frozen=True)
     KIND = "AWS Batch"
     BACKEND = "aws-batch"
 
-    spot_queue: str = Field(description="Name or ARN of the job queue on spot capacity.")
-    on_demand_queue: str = Field(description="Name or ARN of the job queue on on-demand capacity.")
+    spot_queue: str | None = Field(
+        default=None,
+        description="Name or ARN of the job queue on spot capacity (or set placements).",
+    )
+    on_demand_queue: str | None = Field(
+        default=None,
+        description="Name or ARN of the job queue on on-demand capacity (or set placements).",
+    )
+    placements: list[Placement] | None = Field(
+        default=None,
+        description=(
+            "Job queues to run on instead of spot_queue/on_demand_queue: a list of "
+            "{name, capacity (SPOT or ON_DEMAND), queue, region, usd_per_hour}; at least one "
+            "of each capacity; region defaults to region_name."
+        ),
+    )
     region_name: str | None = Field(
         default=None, description="AWS region; defaults to the credentials' region."
     )
@@ -96,6 +123,48 @@ class AwsSettings(BackendSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _queues_or_placements(self) -> Self:
+        queues = [n for n in ("spot_queue", "on_demand_queue") if getattr(self, n) is not None]
+        if self.placements is not None:
+            if queues:
+                raise SettingError(
+                    queues[0],
+                    f"set placements or spot_queue/on_demand_queue, not both: move {queues[0]} "
+                    "into placements (or remove placements)",
+                )
+            for p in self.placements:
+                if not p.queue:
+                    raise SettingError(
+                        "placements",
+                        f"placement {p.name!r} names no queue: set its queue to the job "
+                        "queue's name or ARN",
+                    )
+                if p.zones:
+                    raise SettingError(
+                        "placements",
+                        f"placement {p.name!r} lists zones; an AWS Batch placement is a job "
+                        "queue (its compute environments choose the zones): remove zones",
+                    )
+            need_both_capacities(tuple(self.placements), self.KIND)
+        elif len(queues) < 2:
+            missing = "on_demand_queue" if self.spot_queue else "spot_queue"
+            raise SettingError(
+                missing,
+                "Field required: set spot_queue and on_demand_queue (job queue names or ARNs), "
+                "or placements",
+            )
+        return self
+
+    def all_placements(self) -> tuple[Placement, ...]:
+        """``placements``, else the spot and the on-demand queue as two placements."""
+        if self.placements is not None:
+            return tuple(self.placements)
+        return (
+            Placement(name=SPOT_NAME, capacity=Capacity.SPOT, queue=self.spot_queue),
+            Placement(name=ON_DEMAND_NAME, capacity=Capacity.ON_DEMAND, queue=self.on_demand_queue),
+        )
+
     # -- builders ---------------------------------------------------------------------------------
     def has_own_credentials(self) -> bool:
         """Whether these settings choose credentials (else boto3's default chain applies)."""
@@ -126,9 +195,13 @@ class AwsSettings(BackendSettings):
         replaces the one these settings would build."""
         from spot_workflows.backends.aws_batch import AwsBatchBackend
 
+        queues: dict[str, Any] = (
+            {"placements": self.all_placements()}
+            if self.placements is not None
+            else {"spot_queue": self.spot_queue, "on_demand_queue": self.on_demand_queue}
+        )
         return AwsBatchBackend(
-            spot_queue=self.spot_queue,
-            on_demand_queue=self.on_demand_queue,
+            **queues,
             region=self.region_name,
             session=session or self.boto3_session(),
             endpoint_url=self.endpoint_url,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from collections.abc import Mapping
@@ -10,7 +11,10 @@ from typing import Any, ClassVar, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from spot_workflows.config import validate_checkpoint_uri
-from spot_workflows.errors import config_error
+from spot_workflows.core.outcomes import Capacity
+from spot_workflows.core.placements import Placement, check_placements, of_capacity
+from spot_workflows.errors import ConfigError, config_error
+from spot_workflows.validation import problem
 
 log = logging.getLogger("spot_workflows.settings")
 _LOGGED: set[tuple[str, str]] = set()
@@ -69,6 +73,30 @@ class BackendSettings(BaseModel):
     def _renamed_settings(cls, data: Any) -> Any:
         return rename_deprecated(data, cls.RENAMED, cls.__name__)
 
+    @field_validator("placements", mode="before", check_fields=False)
+    @classmethod
+    def _placements_json(cls, value: Any) -> Any:
+        """An Airflow connection's extras may carry the list as JSON text."""
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError:
+                raise problem(
+                    'placements must be a JSON list of placements, e.g. [{"name": "use1", '
+                    '"queue": "gpu-spot", "region": "us-east-1"}]'
+                ) from None
+        return value
+
+    @field_validator("placements", check_fields=False)
+    @classmethod
+    def _placements(cls, value: list[Placement] | None) -> list[Placement] | None:
+        if value is None:
+            return None
+        try:
+            return list(check_placements(value, what="placements"))
+        except ConfigError as exc:
+            raise problem(str(exc).removeprefix("placements: ")) from None
+
     @field_validator("checkpoint_root")
     @classmethod
     def _checkpoint_root(cls, value: str | None) -> str | None:
@@ -87,11 +115,22 @@ class BackendSettings(BaseModel):
             raise config_error(_Errors(errors), what, hint=hint) from None
 
 
+def need_both_capacities(placements: tuple[Placement, ...], kind: str) -> None:
+    """Raise :class:`SettingError` unless ``placements`` hold a SPOT and an ON_DEMAND one."""
+    for capacity in Capacity:
+        if not of_capacity(placements, capacity):
+            raise SettingError(
+                "placements",
+                f"{kind} needs at least one {capacity.value} placement (capacity "
+                f"{capacity.value!r}); add one to placements",
+            )
+
+
 def _locate(error: Any) -> Any:
     """A cross-setting error, attributed to the setting to change."""
     cause = (error.get("ctx") or {}).get("error")
     if not error["loc"] and isinstance(cause, SettingError):
-        return {**error, "loc": (cause.field,), "input": "..."}
+        return {**error, "loc": (cause.field,), "input": "...", "msg": str(cause)}
     return error
 
 

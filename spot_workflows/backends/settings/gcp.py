@@ -13,11 +13,16 @@ while making a client are translated into :mod:`spot_workflows.errors`.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
-from pydantic import ConfigDict, Field, SecretStr, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
-from spot_workflows.backends.settings.common import BackendSettings
+from spot_workflows.backends.settings.common import (
+    BackendSettings,
+    SettingError,
+    need_both_capacities,
+)
+from spot_workflows.core.placements import Placement
 from spot_workflows.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -26,7 +31,13 @@ if TYPE_CHECKING:
 
 
 class GcpSettings(BackendSettings):
-    """GCP Batch: SPOT provisioning, escalating to STANDARD."""
+    """GCP Batch: SPOT provisioning, escalating to STANDARD.
+
+    One region (``region``, optionally ``zones``) for both, or ``placements``: several regions
+    (each with optional zones) per capacity. With placements, ``region`` is the region of every
+    placement that names none (default: the first placement's region) and ``zones`` must be
+    empty (give each placement its zones).
+    """
 
     # an Airflow ``google_cloud_platform`` connection also carries the Google provider's extras
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -41,7 +52,10 @@ class GcpSettings(BackendSettings):
     project: str | None = Field(
         default=None, description="GCP project id; defaults to the credentials' project."
     )
-    region: str = Field(description="GCP region of the Batch jobs, e.g. us-central1.")
+    region: str | None = Field(
+        default=None,
+        description="GCP region of the Batch jobs, e.g. us-central1 (or set placements).",
+    )
     service_account_info: SecretStr | None = Field(
         default=None, description="Service account key JSON to authenticate with."
     )
@@ -56,6 +70,13 @@ class GcpSettings(BackendSettings):
     )
     zones: list[str] = Field(
         default_factory=list, description="Zones of the region the jobs may run in."
+    )
+    placements: list[Placement] | None = Field(
+        default=None,
+        description=(
+            "Regions to run in instead of region/zones: a list of {name, capacity (SPOT or "
+            "ON_DEMAND), region, zones, usd_per_hour}; at least one of each capacity."
+        ),
     )
     service_account: str | None = Field(
         default=None, description="Service account email the jobs' VMs run as."
@@ -95,6 +116,35 @@ class GcpSettings(BackendSettings):
             )
         return value
 
+    @model_validator(mode="after")
+    def _region_or_placements(self) -> Self:
+        if self.placements is None:
+            if not self.region:
+                raise SettingError(
+                    "region", "Field required: set region (e.g. us-central1) or placements"
+                )
+            return self
+        if self.zones:
+            raise SettingError(
+                "zones",
+                "zones and placements are both set: give each placement its zones and remove zones",
+            )
+        if not self.region and any(not p.region for p in self.placements):
+            name = next(p.name for p in self.placements if not p.region)
+            raise SettingError(
+                "placements",
+                f"placement {name!r} names no region and region is not set: set its region "
+                "(e.g. us-central1)",
+            )
+        need_both_capacities(tuple(self.placements), self.KIND)
+        return self
+
+    def home_region(self) -> str:
+        """``region``, else the first placement's region."""
+        if self.region:
+            return self.region
+        return next(p.region for p in self.placements or () if p.region) or ""
+
     # -- builders ---------------------------------------------------------------------------------
     def credentials(self) -> tuple[Any, str | None]:
         """``(google credentials or None for ADC, the key's project or None)``."""
@@ -126,7 +176,7 @@ class GcpSettings(BackendSettings):
         creds = credentials if credentials is not None else self.credentials()[0]
         if creds is None and not self.api_endpoint:
             return None
-        where = f"projects/{self.project}/locations/{self.region}"
+        where = f"projects/{self.project}/locations/{self.home_region()}"
         return gcp_clients.batch_client(
             credentials=creds, api_endpoint=self.api_endpoint, where=where
         )
@@ -148,7 +198,8 @@ class GcpSettings(BackendSettings):
             )
         return GcpBatchBackend(
             project=project,
-            region=self.region,
+            region=self.home_region(),
+            placements=self.placements,
             client=self.client(credentials=credentials),
             machine_type=self.machine_type,
             accelerator_type=self.accelerator_type,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Self
 
 from pydantic import Field, field_validator, model_validator
 
 from spot_workflows.backends.settings.common import BackendSettings, SettingError
+from spot_workflows.core.placements import Placement
+from spot_workflows.errors import ConfigError
 
 if TYPE_CHECKING:
     from spot_workflows.backends.local import LocalBackend
@@ -71,6 +74,13 @@ class LocalSettings(BackendSettings):
         description="Seconds between the termination notice and SIGTERM (AWS gives 120).",
     )
     grace_s: float = Field(default=5.0, ge=0, description="Seconds from SIGTERM to SIGKILL.")
+    placements: list[Placement] | None = Field(
+        default=None,
+        description=(
+            "Markets of the local spot cloud to run in: a list of {name (the market), capacity "
+            "(SPOT or ON_DEMAND), usd_per_hour}; default: its one spot market and on-demand."
+        ),
+    )
 
     @field_validator("spot_unavailable")
     @classmethod
@@ -131,11 +141,19 @@ class LocalSettings(BackendSettings):
         """A client of the local spot cloud (not connected yet: ``start()`` or ``with``)."""
         from spot_workflows.backends.local import LocalBackend
 
+        extra = {}
+        if self.placements is not None:
+            if "placements" not in inspect.signature(LocalBackend).parameters:
+                raise ConfigError(
+                    "placements: this local backend runs one spot market; remove placements"
+                )
+            extra["placements"] = tuple(self.placements)
         return LocalBackend(
             state_dir=self.cloud_state_dir(),
             market=self.make_market(),
             notice_window_s=self.notice_window_s,
             grace_s=self.grace_s,
+            **extra,
         )
 
     def notice_source(self, *, since: float | None) -> LocalEventSource:

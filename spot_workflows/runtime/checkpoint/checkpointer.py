@@ -5,6 +5,11 @@ The orchestrator sets the worker contract variables (``SPOT_CHECKPOINT_URI``, ``
 ``SPOT_NOTICE_FILE``, where it writes the :class:`TerminationNotice` JSON just before it sends the
 child SIGTERM. A training loop restores, saves on cadence, and on a stop request saves once more
 and exits with :data:`RESERVED_EXIT_CODE` (75) so the attempt is classified PREEMPTED.
+
+Used without ``spot-run`` (no ``SPOT_RUN_WRAPPED=1``) and with the attempt known, the Checkpointer
+also does spot-run's share of the worker contract: :meth:`Checkpointer.restore` first waits until
+the attempt owns the step (exits 0 when it was cancelled as raced), and from then on a thread
+watches the step's handoff marker for the attempt (a HANDOFF notice is a stop request).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from spot_workflows.core.outcomes import (
 )
 from spot_workflows.errors import ConfigError, LedgerError
 from spot_workflows.runtime.store.checkpoint_store import CheckpointStore, Manifest
+from spot_workflows.runtime.store.handoff import WRAPPED_ENV, own_step_or_exit, watch_marker
 
 log = logging.getLogger("spot_workflows.checkpoint")
 
@@ -94,6 +100,8 @@ class Checkpointer:
         wall_clock: Callable[[], float] = time.time,
         adaptive: bool = False,
         mtbf_s: float | None = None,
+        own_step: bool | None = None,
+        handoff_poll_s: float | None = None,
     ) -> None:
         if every_steps is not None and (isinstance(every_steps, bool) or every_steps < 1):
             raise ConfigError(f"every_steps must be an integer >= 1 or None, got {every_steps!r}")
@@ -118,6 +126,12 @@ class Checkpointer:
         self._installed = False
         self.adaptive = adaptive
         self.mtbf_s = mtbf_s
+        if own_step is None:  # spot-run waited for ownership and watches the marker already
+            own_step = os.environ.get(WRAPPED_ENV) != "1"
+        self.own_step = own_step
+        self.handoff_poll_s = handoff_poll_s
+        self._handoff_stop = threading.Event()
+        self._handoff_thread: threading.Thread | None = None
         if adaptive:
             if every_seconds is not None:
                 raise ConfigError(
@@ -159,6 +173,7 @@ class Checkpointer:
         kw.setdefault("capacity", capacity_raw)
         kw.setdefault("step_key", env.get("SPOT_STEP_KEY") or None)
         kw.setdefault("notice_file", env.get("SPOT_NOTICE_FILE") or None)
+        kw.setdefault("own_step", env.get(WRAPPED_ENV) != "1")
         store = CheckpointStore(uri, keep_last=keep_last, storage_options=storage_options)
         return cls(store, **kw)
 
@@ -178,7 +193,9 @@ class Checkpointer:
         self._stop.set()  # nothing else here: a signal handler must not do I/O or take locks
 
     def close(self) -> None:
-        """Put back the SIGTERM handler that was there before this Checkpointer."""
+        """Put back the SIGTERM handler that was there before this Checkpointer (and stop
+        watching the handoff marker)."""
+        self._handoff_stop.set()
         if self._installed:
             signal.signal(signal.SIGTERM, self._previous_handler or signal.SIG_DFL)
             self._installed = False
@@ -225,7 +242,20 @@ class Checkpointer:
     # -- resume and save -----------------------------------------------------------------------
 
     def restore(self) -> Restored | None:
-        """The newest valid checkpoint, or None when the step starts from scratch."""
+        """The newest valid checkpoint, or None when the step starts from scratch.
+
+        Without spot-run, first waits until this attempt owns the step (see the module doc)."""
+        if self.own_step and self.attempt is not None and self._handoff_thread is None:
+            own_step_or_exit(self.store, self.attempt, say=log.warning)
+            every = self.handoff_poll_s or _env_seconds("SPOT_NOTICE_POLL_S", 5.0)
+            self._handoff_thread = watch_marker(
+                self.store,
+                self.attempt,
+                on_notice=self.request_stop,
+                every_s=every,
+                stop=self._handoff_stop,
+                step_key=self.step_key,
+            )
         manifest = self.store.latest()
         if manifest is None:
             log.info("no checkpoint in %s: starting from scratch", self.store.uri)
@@ -377,3 +407,11 @@ class Checkpointer:
         sys.stdout.flush()
         sys.stderr.flush()
         sys.exit(RESERVED_EXIT_CODE)
+
+
+def _env_seconds(name: str, default: float) -> float:
+    try:
+        value = float(os.environ.get(name) or default)
+    except ValueError:
+        return default
+    return value if value > 0 else default

@@ -16,15 +16,25 @@ from the final checkpoint. A step with one live attempt proceeds at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from spot_workflows.core.outcomes import Attempt, NoticeKind, Outcome, TerminationNotice
+from spot_workflows.core.outcomes import (
+    RESERVED_EXIT_CODE,
+    Attempt,
+    Capacity,
+    NoticeKind,
+    Outcome,
+    TerminationNotice,
+)
 from spot_workflows.errors import CheckpointError, ConfigError, LedgerError
 from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
@@ -78,10 +88,11 @@ def read_marker(store: CheckpointStore, attempt: int) -> dict | None:
 def clear_marker(store: CheckpointStore, attempt: int) -> None:
     """Remove ``attempt``'s marker (nothing if there is none)."""
     path = store._path(marker_path(attempt))
-    try:
+    with contextlib.suppress(FileNotFoundError):
         store.fs.rm(path)
-    except FileNotFoundError:
-        pass
+
+
+write_handoff, read_handoff, clear_handoff = write_marker, read_marker, clear_marker
 
 
 def marker_notice(doc: dict, *, attempt: int, step_key: str | None = None) -> TerminationNotice:
@@ -128,14 +139,30 @@ class Ownership:
 
 
 def ownership(attempts: Sequence[Attempt] | None, attempt: int) -> Ownership:
-    """Pure: the verdict for ``attempt`` given the step's ledger (None: no ledger yet)."""
+    """Pure: the verdict for ``attempt`` given the step's ledger (None: no ledger yet).
+
+    The worker waits while another attempt of the step is live and not being cancelled as
+    RACED, except a SPOT probe kept beside this ON_DEMAND attempt (a later SPOT attempt): the
+    probe's own worker waits for this one (until it hands over and ends), never the reverse."""
     mine = next((a for a in attempts or () if a.number == attempt), None)
     if mine is not None and mine.stopping is Outcome.RACED:
         return Ownership("raced")
+
+    def probe_of_mine(other: Attempt) -> bool:
+        return (
+            mine is not None
+            and mine.capacity is Capacity.ON_DEMAND
+            and other.capacity is Capacity.SPOT
+            and other.number > mine.number
+        )
+
     blocking = tuple(
         a.number
         for a in attempts or ()
-        if a.number != attempt and a.live and a.stopping is not Outcome.RACED
+        if a.number != attempt
+        and a.live
+        and a.stopping is not Outcome.RACED
+        and not probe_of_mine(a)
     )
     return Ownership("wait", blocking) if blocking else Ownership("own")
 
@@ -189,3 +216,55 @@ def await_ownership(
             told = verdict
             say(f"attempt {attempt} does not own the step yet: {verdict.describe()}")
         sleep(max(0.0, min(poll_s, deadline - clock())))
+
+
+def own_step_or_exit(
+    store: CheckpointStore, attempt: int, *, say: Callable[[str], None] | None = None
+) -> None:
+    """Wait (``SPOT_OWNERSHIP_WAIT_S``) until ``attempt`` owns the step; else exit without
+    touching the checkpoint: 0 when it was cancelled as raced, 75 when it never got the step."""
+    say = say or log.warning
+    wait_s = ownership_wait_s()
+    verdict = await_ownership(store, attempt, timeout_s=wait_s, say=say)
+    if verdict.verdict == "own":
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if verdict.verdict == "raced":
+        say(f"attempt {attempt} was cancelled as raced: exiting 0 without running")
+        sys.exit(0)
+    say(
+        f"attempt {attempt} did not get the step within {OWNERSHIP_WAIT_ENV}={wait_s:g}s "
+        f"({verdict.describe()}): exiting {RESERVED_EXIT_CODE} without running"
+    )
+    sys.exit(RESERVED_EXIT_CODE)
+
+
+def watch_marker(
+    store: CheckpointStore,
+    attempt: int,
+    *,
+    on_notice: Callable[[TerminationNotice], None],
+    every_s: float,
+    stop: threading.Event,
+    step_key: str | None = None,
+) -> threading.Thread:
+    """Poll ``attempt``'s marker every ``every_s`` in a daemon thread until ``stop`` is set; call
+    ``on_notice`` once with the handoff notice when the marker appears."""
+    check = marker_check(store, attempt, step_key=step_key)
+
+    def watch() -> None:
+        while not stop.wait(every_s):
+            try:
+                notice = check()
+            except Exception as exc:  # the store did not answer: ask again next time
+                log.debug("handoff marker check failed: %s", exc)
+                continue
+            if notice is not None:
+                log.warning("handoff notice for attempt %s: save and exit", attempt)
+                on_notice(notice)
+                return
+
+    thread = threading.Thread(target=watch, name="spot-handoff", daemon=True)
+    thread.start()
+    return thread

@@ -7,6 +7,12 @@ notice's deadline (or ``--grace``) to save and exit before SIGKILLing its proces
 
 Exit code: CMD's own when no notice came (a signal death is 128 + signum); after a notice, 0 if
 CMD exited 0, else :data:`RESERVED_EXIT_CODE` (75), which the classifier reads as PREEMPTED.
+
+With ``SPOT_CHECKPOINT_URI`` and ``SPOT_ATTEMPT`` set (every attempt spot-workflows starts), the
+wrapper first waits until its attempt owns the step (see :mod:`spot_workflows.runtime.store.handoff`):
+it exits 0 without starting CMD when its attempt was cancelled as raced, and 75 when it did not
+get the step within ``SPOT_OWNERSHIP_WAIT_S``; it also watches the step's handoff marker for its
+attempt beside the metadata endpoints (a HANDOFF notice: save, exit 75).
 See docs/worker-contract.md.
 """
 
@@ -27,10 +33,14 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from spot_workflows.core.outcomes import RESERVED_EXIT_CODE, NoticeKind, TerminationNotice
 from spot_workflows.errors import ConfigError
 from spot_workflows.runtime.worker.notices import SOURCES, TerminationWatcher
+
+if TYPE_CHECKING:
+    from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
 DEFAULT_GRACE_S = 25.0  # when a notice carries no deadline (SIGTERM, GCE maintenance)
 MIN_GRACE_S = 1.0  # even a notice whose deadline has passed leaves the child this long
@@ -115,6 +125,10 @@ class SpotRun:
         grace: float | None = None,
         poll: float = 5.0,
         watcher_timeout: float = 2.0,
+        store: CheckpointStore | None = None,
+        attempt: int | None = None,
+        step_key: str | None = None,
+        ownership_wait_s: float | None = None,
     ) -> None:
         if not command:
             raise ConfigError("spot-run needs a command: spot-run [options] -- CMD ARGS...")
@@ -122,11 +136,20 @@ class SpotRun:
         self.forward_signal = forward_signal
         self.grace = grace
         self.events: queue.SimpleQueue = queue.SimpleQueue()  # reentrant: safe in signal handlers
+        self.store = store if attempt is not None else None
+        self.attempt = attempt
+        self.ownership_wait_s = ownership_wait_s
+        checks = []
+        if self.store is not None and attempt is not None:
+            from spot_workflows.runtime.store.handoff import marker_check
+
+            checks.append(marker_check(self.store, attempt, step_key=step_key))
         self.watcher = TerminationWatcher(
             source=source,
             poll_interval=poll,
             timeout=watcher_timeout,
             on_notice=lambda notice: self.events.put(("notice", notice)),
+            checks=checks,
         )
         self.notice: TerminationNotice | None = None
         self.child: subprocess.Popen | None = None
@@ -134,11 +157,39 @@ class SpotRun:
         self._kill_at: float | None = None
 
     # -- the run ------------------------------------------------------------------------------
+    def own_step(self) -> int | None:
+        """Wait until this attempt owns the step: None to go on, else the exit code."""
+        if self.store is None or self.attempt is None:
+            return None
+        from spot_workflows.runtime.store.handoff import (
+            DEFAULT_OWNERSHIP_WAIT_S,
+            await_ownership,
+        )
+
+        wait_s = (
+            DEFAULT_OWNERSHIP_WAIT_S if self.ownership_wait_s is None else self.ownership_wait_s
+        )
+        verdict = await_ownership(self.store, self.attempt, timeout_s=wait_s, say=_say)
+        if verdict.verdict == "own":
+            return None
+        if verdict.verdict == "raced":
+            _say(f"attempt {self.attempt} was cancelled as raced; exiting without running")
+            return 0
+        _say(
+            f"attempt {self.attempt} did not get the step within {wait_s:g}s "
+            f"({verdict.describe()}); exiting {RESERVED_EXIT_CODE} without running "
+            "(raise SPOT_OWNERSHIP_WAIT_S to wait longer)"
+        )
+        return RESERVED_EXIT_CODE
+
     def run(self) -> int:
+        code = self.own_step()
+        if code is not None:
+            return code
         notice_file, tmpdir = self._notice_file()
         previous = self._install_handlers()
         try:
-            env = dict(os.environ, SPOT_NOTICE_FILE=str(notice_file))
+            env = dict(os.environ, SPOT_NOTICE_FILE=str(notice_file), SPOT_RUN_WRAPPED="1")
             try:
                 self.child = subprocess.Popen(self.command, env=env, process_group=0)
             except OSError as exc:
@@ -272,6 +323,31 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _step_store(env: dict | os._Environ) -> tuple[CheckpointStore | None, int | None, float]:
+    """(the step's checkpoint store, this attempt, the ownership wait) from the worker contract
+    variables; no store (nothing to wait for or watch) when they are not set."""
+    from spot_workflows.runtime.store.handoff import ownership_wait_s
+
+    wait_s = ownership_wait_s(dict(env))
+    uri, raw = env.get("SPOT_CHECKPOINT_URI"), env.get("SPOT_ATTEMPT")
+    if not uri or not raw:
+        return None, None, wait_s
+    try:
+        attempt = int(raw)
+    except ValueError:
+        raise ConfigError(f"SPOT_ATTEMPT must be an integer >= 1, got {raw!r}") from None
+    if attempt < 1:
+        raise ConfigError(f"SPOT_ATTEMPT must be an integer >= 1, got {raw!r}")
+    from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
+
+    try:
+        store = CheckpointStore(uri, keep_last=1)
+    except ConfigError as exc:  # the child reports it if it uses the store; don't block it here
+        _say(f"not watching the step's ledger or handoff marker: {exc}")
+        return None, None, wait_s
+    return store, attempt, wait_s
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if "--" in args:
@@ -297,8 +373,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler.setLevel(logging.WARNING)
         logger.addHandler(handler)
     try:
+        store, attempt, wait_s = _step_store(os.environ)
         wrapper = SpotRun(
-            command, source=ns.source, forward_signal=ns.forward_signal, grace=ns.grace, poll=poll
+            command,
+            source=ns.source,
+            forward_signal=ns.forward_signal,
+            grace=ns.grace,
+            poll=poll,
+            store=store,
+            attempt=attempt,
+            step_key=os.environ.get("SPOT_STEP_KEY") or None,
+            ownership_wait_s=wait_s,
         )
     except ConfigError as exc:
         _say(str(exc))

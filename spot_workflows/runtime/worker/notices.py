@@ -15,10 +15,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from spot_workflows.core.outcomes import TerminationNotice
+from spot_workflows.core.outcomes import NoticeKind, TerminationNotice
 from spot_workflows.errors import ConfigError, NoticeError
 from spot_workflows.runtime.worker.notice_parsers import (  # noqa: F401  (re-exported)
     _INSTANCE_ID,
@@ -43,6 +43,7 @@ from spot_workflows.runtime.worker.notice_parsers import (  # noqa: F401  (re-ex
 )
 
 log = logging.getLogger("spot_workflows.runtime.worker.notices")
+_STICKY = (*STICKY, NoticeKind.HANDOFF)  # a handoff is acted on like a reclaim: save, exit 75
 
 
 # -- endpoints ---------------------------------------------------------------------------------
@@ -71,8 +72,10 @@ def resolve_endpoints(
 class TerminationWatcher:
     """Polls the metadata endpoints for termination notices (in a daemon thread or by hand).
 
-    ``notice`` is the first INTERRUPTION / MAINTENANCE notice (sticky); REBALANCE notices go to
-    ``on_notice`` only. ``on_notice`` runs once per distinct notice, on the polling thread.
+    ``notice`` is the first INTERRUPTION / MAINTENANCE / HANDOFF notice (sticky); REBALANCE
+    notices go to ``on_notice`` only. ``on_notice`` runs once per distinct notice, on the polling
+    thread. ``checks``: more notice sources polled each round whatever the metadata mode (the
+    handoff marker in the checkpoint store): each returns a notice or None.
     """
 
     def __init__(
@@ -87,6 +90,7 @@ class TerminationWatcher:
         clock: Callable[[], float] = time.time,
         gce_wait_for_change: bool = False,
         log_every_s: float = 60.0,
+        checks: Sequence[Callable[[], TerminationNotice | None]] = (),
     ) -> None:
         if source not in SOURCES:
             raise ConfigError(f"notice source {source!r} must be one of {', '.join(SOURCES)}")
@@ -100,6 +104,7 @@ class TerminationWatcher:
         self.clock = clock
         self.gce_wait_for_change = gce_wait_for_change
         self.log_every_s = log_every_s
+        self.checks = tuple(checks)
         self.errors = 0
         self.last_error: str | None = None
         self.mode: str | None = None if source == "auto" else source  # aws | gcp | local | None
@@ -159,13 +164,26 @@ class TerminationWatcher:
     def poll_once(self) -> list[TerminationNotice]:
         """One polling round; returns the notices the endpoints show right now."""
         with self._lock:
+            found: list[TerminationNotice] = self._poll_checks()
             mode = self.mode or self._detect()
-            found: list[TerminationNotice] = []
             if mode in ("aws", "local"):
                 found += self._poll("aws", "local" if mode == "local" else "aws")
             if mode in ("gcp", "local"):
                 found += self._poll("gcp", "local" if mode == "local" else "gcp")
             return found
+
+    def _poll_checks(self) -> list[TerminationNotice]:
+        found = []
+        for check in self.checks:
+            try:
+                notice = check()
+            except Exception as exc:  # a store that does not answer: try again next round
+                self._error("notice check", exc)
+                continue
+            if notice is not None:
+                found.append(notice)
+                self._deliver(notice)
+        return found
 
     # -- loop and bookkeeping -----------------------------------------------------------------
     def _run(self) -> None:
@@ -178,7 +196,7 @@ class TerminationWatcher:
             self._stop.wait(max(0.0, self.poll_interval - (time.monotonic() - started)))
 
     def _deliver(self, notice: TerminationNotice) -> None:
-        sticky = notice.kind in STICKY
+        sticky = notice.kind in _STICKY
         key: tuple = ("sticky",) if sticky else (notice.kind, tuple(sorted(notice.detail.items())))
         with self._deliver_lock:  # record() may run on another thread than the poller
             if key in self._delivered:
