@@ -350,6 +350,7 @@ class SpotStepOperator(BaseOperator):
                 spot_conn_id=self.spot_conn_id,
                 job_id=live.job_id,
                 other_job_ids=others,
+                job_state=live.state.value,
                 poll_interval=self.poll_interval,
                 wake_at=wake_at,
                 # no resume within seconds of this deferral: Airflow could fail the task

@@ -94,7 +94,12 @@ class SpotJobTrigger(BaseTrigger):
     :func:`~spot_workflows.airflow.steps.watcher_id`) are for :meth:`on_kill`; a trigger
     serialized without them (older versions) cancels the job on a stop, as those did.
 
-    Event payloads: ``{"status": "done" | "gone" | "wake" | "error", "job_id": ..., ...}``.
+    With ``other_job_ids`` (attempts racing in other placements, or a spot probe beside an
+    on-demand attempt) it also fires ``"changed"`` when one of them leaves PENDING, or when
+    ``job_id`` leaves ``job_state`` (its state at the deferral): the operator must then cancel the
+    losers or decide on the probe at once.
+
+    Event payloads: ``{"status": "done" | "gone" | "wake" | "changed" | "error", "job_id": ...}``.
     """
 
     def __init__(
@@ -109,11 +114,13 @@ class SpotJobTrigger(BaseTrigger):
         step_key: str | None = None,
         watcher: str | None = None,
         other_job_ids: Sequence[str] = (),
+        job_state: str | None = None,
     ) -> None:
         super().__init__()
         self.spot_conn_id = spot_conn_id
         self.job_id = job_id
         self.other_job_ids = list(other_job_ids)
+        self.job_state = job_state
         self.poll_interval = float(poll_interval)
         self.wake_at = None if wake_at is None else float(wake_at)
         self.not_before = None if not_before is None else float(not_before)
@@ -134,6 +141,7 @@ class SpotJobTrigger(BaseTrigger):
                 "step_key": self.step_key,
                 "watcher": self.watcher,
                 "other_job_ids": self.other_job_ids,
+                "job_state": self.job_state,
             },
         )
 
@@ -195,6 +203,9 @@ class SpotJobTrigger(BaseTrigger):
             if obs.state is AttemptState.DONE:
                 outcome = obs.outcome.value if obs.outcome else None
                 return self._event("done", outcome=outcome, reason=obs.reason)
+            if self.other_job_ids and self.job_state and obs.state.value != self.job_state:
+                # racing: this job started while the others wait; they must be cancelled now
+                return self._event("changed", state=obs.state.value)
             now = time.time()
             if self.wake_at is not None and now >= self.wake_at:
                 return self._event("wake", state=obs.state.value)
@@ -223,8 +234,10 @@ class SpotJobTrigger(BaseTrigger):
             except NotFoundError:
                 self.log.info("job %s is already gone", job_id)
 
-    def _record_stop(self, job_id: str) -> str | None:
-        """:func:`stop_as_watcher` on the step's ledger; None (cancel) without one."""
+    def _record_stop(self, job_id: str | None = None) -> str | None:
+        """:func:`stop_as_watcher` on the step's ledger for ``job_id`` (default: the watched
+        job); None (cancel) without a ledger."""
+        job_id = job_id or self.job_id
         if not (self.checkpoint_uri and self.step_key):
             return None  # serialized by an older version: no ledger to write
         try:

@@ -45,14 +45,50 @@ to end at once, and waiting one period then spends less slack than an ON_DEMAND 
 a switch back."""
 OVERHEAD_FIT_CAP_S = 0.2 * HOUR
 """The per-hour-of-d terms above were fitted for d up to 0.2 h; longer overheads use 0.2 h there
-(held flat rather than extrapolated: the safety net still counts the real d)."""
+(held flat rather than extrapolated: the safety net still counts the real d), and the rules below
+add what a longer restart costs."""
 GUARD_OVERHEADS = 1.0
 """Spare slack is the slack minus this many restart overheads (the reserves above are on top)."""
+
+# -- beyond the fitted overheads (d > OVERHEAD_FIT_CAP_S) -------------------------------------
+# The reserves above hold d flat at the cap, so they no longer see what a restart costs. Three
+# rules from the cost model take over there (docs/policies.md); inside the fitted range the
+# reserves already price restarts and these rules stay off.
+ROUND_TRIP_OVERHEADS = 2.0
+"""Escalating from idle and coming back later costs this many restarts of slack (the on-demand
+restart, then the spot one): with less spare slack, on-demand now is a one-way trip that costs
+what on-demand at the last moment would, so wait instead."""
+YOUNG_OUTAGE_OVERHEADS = 1.0
+"""Wait through the first this-many d of an outage (it costs at most d of slack, half of the round
+trip 2d it avoids, and a young outage is the likeliest to end)..."""
+YOUNG_OUTAGE_SPARE_OVERHEADS = 3.0
+"""...while the spare slack is at least this many d (the wait, then a round trip, still fit)."""
 
 
 def _guard(sit: Situation) -> float:
     """Slack set aside before any reserve: one restart overhead."""
     return GUARD_OVERHEADS * sit.overhead_s
+
+
+def _beyond_fit(sit: Situation) -> bool:
+    """Restarts longer than the reserves were fitted for (see OVERHEAD_FIT_CAP_S)."""
+    return sit.overhead_s > OVERHEAD_FIT_CAP_S
+
+
+def _repay_s(sit: Situation) -> float:
+    """How long spot must have been back before a switch from ON_DEMAND is worth its restarts.
+
+    A switch bills the spot restart d (no progress) and, after the reclaim, an ON_DEMAND restart
+    d; each second of spot progress saves the price difference. It pays when spot runs, beyond
+    its restart, at least d x (p_od + p_spot) / (p_od - p_spot) (1.93 d at the default prices).
+    With decreasing hazards a session that has lasted some time is expected to last at least as
+    long again, so the policy waits until spot has been back that long. Infinite when spot is
+    not cheaper.
+    """
+    od, spot = sit.on_demand_usd_per_s, sit.spot_usd_per_s
+    if od <= spot:
+        return math.inf
+    return sit.overhead_s * (od + spot) / (od - spot)
 
 
 def _hours(seconds: float) -> float:
@@ -69,11 +105,14 @@ def deadline_aware(history: History, policy: SpotPolicy, now: float) -> Choice:
        tick keeps ON_DEMAND feasible; otherwise ON_DEMAND now (back to SPOT only when this same
        check passes again, which a small restart overhead can allow: never "to the end").
     3. On ON_DEMAND and spot is back: switch when the spare slack (s - d) covers a reserve of
-       R x 1.2 x d[h] x exp(-a / 0.5 h); else stay.
+       R x 1.2 x d[h] x exp(-a / 0.5 h); else stay. With d beyond the fitted 0.2 h, also only
+       once spot has been back for d x (p_od + p_spot) / (p_od - p_spot) (``_repay_s``).
     4. Idle and spot is available: take it.
     5. Idle without spot: wait while the spare slack is at least R x (0.07 + 0.4 x d[h]) x
        (1 + 0.25 x a[h]) (half that in an outage's first tick when d > tau); else go ON_DEMAND.
-       On ON_DEMAND without spot: stay.
+       With d beyond 0.2 h, also wait (as greedy does) while the spare slack is under 2d (going
+       ON_DEMAND could not be followed by a switch back), and through an outage's first d while
+       the spare slack is at least 3d. On ON_DEMAND without spot: stay.
     """
     sit = _need(history)
     if sit.on_spot:
@@ -89,6 +128,13 @@ def deadline_aware(history: History, policy: SpotPolicy, now: float) -> Choice:
         reserve = (
             r * SWITCH_PER_OVERHEAD_HOUR * d_h * math.exp(-sit.spot_age_s / SWITCH_AGE_DECAY_S)
         )
+        repay = _repay_s(sit)
+        if _beyond_fit(sit) and sit.spot_age_s < repay:
+            return Choice(
+                OD,
+                f"staying on ON_DEMAND: SPOT back for {_fmt(sit.spot_age_s)}, not yet the "
+                f"{_fmt(repay)} of SPOT running that repays a switch and the restart after it",
+            )
         if spare >= reserve:
             return Choice(
                 SPOT,
@@ -106,6 +152,23 @@ def deadline_aware(history: History, policy: SpotPolicy, now: float) -> Choice:
     )
     if sit.spot_age_s < sit.tick_s < sit.overhead_s:
         reserve *= FRESH_OUTAGE_FACTOR
+    if _beyond_fit(sit):
+        d = sit.overhead_s
+        if spare < ROUND_TRIP_OVERHEADS * d:
+            return Choice(
+                SPOT,
+                f"waiting for SPOT capacity: spare slack {_fmt(spare)} cannot pay for ON_DEMAND "
+                "and a switch back; the safety net escalates in time",
+            )
+        if (
+            sit.spot_age_s < YOUNG_OUTAGE_OVERHEADS * d
+            and spare >= YOUNG_OUTAGE_SPARE_OVERHEADS * d
+        ):
+            return Choice(
+                SPOT,
+                f"waiting for SPOT capacity: the outage ({_fmt(sit.spot_age_s)}) is younger than "
+                f"a restart ({_fmt(d)})",
+            )
     if spare >= reserve:
         return Choice(SPOT, f"waiting for SPOT capacity; slack {_fmt(sit.slack_s)} to spare")
     return Choice(

@@ -6,9 +6,10 @@ import inspect
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from spot_workflows.backends.settings.common import BackendSettings, SettingError
+from spot_workflows.core.outcomes import Capacity
 from spot_workflows.core.placements import Placement
 from spot_workflows.errors import ConfigError
 
@@ -19,6 +20,24 @@ if TYPE_CHECKING:
 
 NonNegative = Annotated[float, Field(ge=0)]
 EVENTS_FILE = "events.jsonl"
+
+
+class LocalMarketSettings(BaseModel):
+    """One simulated spot market of the local spot cloud (for a named placement): a schedule of
+    reclaims (with optional windows without spot capacity), a Poisson process, or a trace."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reclaim_after_s: list[Annotated[float, Field(gt=0)]] = Field(default_factory=list)
+    spot_unavailable: list[tuple[NonNegative, NonNegative]] = Field(default_factory=list)
+    reclaim_after_checkpoint: bool = False
+    poisson_rate_per_hour: float | None = Field(default=None, gt=0)
+    market_seed: int = 0
+    trace_path: str | None = None
+    trace_tick_s: float | None = Field(default=None, gt=0)
+
+    def make_market(self) -> SpotMarket:
+        return _make_market(self)
 
 
 class LocalSettings(BackendSettings):
@@ -82,6 +101,28 @@ class LocalSettings(BackendSettings):
         ),
     )
 
+    markets: dict[str, LocalMarketSettings] | None = Field(
+        default=None,
+        description=(
+            "Per-placement markets: {placement name: {reclaim_after_s, spot_unavailable, "
+            "poisson_rate_per_hour, trace_path, ...}}; a SPOT placement not named here uses the "
+            "market set by the fields above."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _markets_name_placements(self) -> Self:
+        if not self.markets:
+            return self
+        spot = [p.name for p in self.placements or () if p.capacity is Capacity.SPOT]
+        unknown = sorted(set(self.markets) - set(spot))
+        if unknown:
+            raise SettingError(
+                "markets",
+                f"markets {unknown} name no SPOT placement; name one of {spot or 'the placements'}",
+            )
+        return self
+
     @field_validator("spot_unavailable")
     @classmethod
     def _windows(cls, value: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -121,21 +162,7 @@ class LocalSettings(BackendSettings):
 
     def make_market(self) -> SpotMarket:
         """The simulated spot market these settings choose."""
-        from spot_workflows.backends.local import market
-
-        if self.poisson_rate_per_hour is not None:
-            return market.PoissonMarket(
-                rate_per_hour=self.poisson_rate_per_hour, seed=self.market_seed
-            )
-        if self.trace_path is not None:
-            return market.TraceMarket.from_file(self.trace_path, tick_seconds=self.trace_tick_s)
-        if self.reclaim_after_s or self.spot_unavailable:
-            return market.ScheduledMarket(
-                reclaims=tuple(self.reclaim_after_s),
-                unavailable=tuple(self.spot_unavailable),
-                after_checkpoint=self.reclaim_after_checkpoint,
-            )
-        return market.NeverReclaimed()
+        return _make_market(self)
 
     def build_backend(self) -> LocalBackend:
         """A client of the local spot cloud (not connected yet: ``start()`` or ``with``)."""
@@ -148,6 +175,8 @@ class LocalSettings(BackendSettings):
                     "placements: this local backend runs one spot market; remove placements"
                 )
             extra["placements"] = tuple(self.placements)
+            if self.markets:
+                extra["markets"] = {n: m.make_market() for n, m in self.markets.items()}
         return LocalBackend(
             state_dir=self.cloud_state_dir(),
             market=self.make_market(),
@@ -161,3 +190,19 @@ class LocalSettings(BackendSettings):
         from spot_workflows.backends.local.events import LocalEventSource
 
         return LocalEventSource(path=self.events_path(), since=since)
+
+
+def _make_market(cfg: LocalSettings | LocalMarketSettings) -> SpotMarket:
+    from spot_workflows.backends.local import market
+
+    if cfg.poisson_rate_per_hour is not None:
+        return market.PoissonMarket(rate_per_hour=cfg.poisson_rate_per_hour, seed=cfg.market_seed)
+    if cfg.trace_path is not None:
+        return market.TraceMarket.from_file(cfg.trace_path, tick_seconds=cfg.trace_tick_s)
+    if cfg.reclaim_after_s or cfg.spot_unavailable:
+        return market.ScheduledMarket(
+            reclaims=tuple(cfg.reclaim_after_s),
+            unavailable=tuple(cfg.spot_unavailable),
+            after_checkpoint=cfg.reclaim_after_checkpoint,
+        )
+    return market.NeverReclaimed()

@@ -30,6 +30,12 @@ TRIGGERS = [
         step_key="d.t.r",
         watcher="d/t/r/-1#try3",
     ),
+    SpotJobTrigger(
+        spot_conn_id="aws_spot",
+        job_id="4f0c-9a",
+        other_job_ids=["arn:aws:batch:us-east-1:123456789012:job/77aa"],
+        job_state="PENDING",
+    ),
     SpotTerminationTrigger(
         spot_conn_id="gcp_spot",
         step_key="train.run-1",
@@ -65,10 +71,10 @@ def first_event(trigger, timeout: float = 20):
     return asyncio.run(go()).payload
 
 
-def submit(conn_id: str, tmp_path, command: list[str], capacity=Capacity.SPOT) -> str:
+def submit(conn_id: str, tmp_path, command: list[str], capacity=Capacity.SPOT, n: int = 1) -> str:
     backend = build_backend(SpotBackendHook(spot_conn_id=conn_id).get_info())
     spec = StepSpec(key="trig", command=command, checkpoint_uri=f"file://{tmp_path}/ckpt")
-    return backend.submit(spec, job_name="trig-a1", attempt=1, capacity=capacity)
+    return backend.submit(spec, job_name=f"trig-a{n}", attempt=n, capacity=capacity)
 
 
 def test_job_trigger_fires_when_the_job_is_done_or_gone(local_conn, tmp_path):
@@ -93,6 +99,48 @@ def test_job_trigger_wakes_the_planner_when_spot_capacity_does_not_come(local_co
     )
     assert first_event(trigger) == {"status": "wake", "job_id": job_id, "state": "PENDING"}
     assert 0.4 < time.time() - started < 5  # woke at wake_at, not after the 30 s poll interval
+
+
+def test_job_trigger_fires_when_a_racing_job_starts(local_conn, tmp_path):
+    conn = local_conn(unavailable=[[0, 3600]])  # spot never comes: the watched job stays pending
+    waiting = submit(conn["conn_id"], tmp_path, ["sh", "-c", "sleep 30"])
+    other = submit(conn["conn_id"], tmp_path, ["sh", "-c", "sleep 30"], Capacity.ON_DEMAND, n=2)
+    trigger = SpotJobTrigger(
+        spot_conn_id=conn["conn_id"],
+        job_id=waiting,
+        other_job_ids=[other],
+        job_state="PENDING",
+        poll_interval=0.1,
+    )
+    assert first_event(trigger) == {
+        "status": "changed",
+        "job_id": waiting,
+        "other_job_id": other,
+        "state": "RUNNING",
+    }
+
+
+def test_job_trigger_fires_when_its_own_job_starts_while_others_race(local_conn, tmp_path):
+    conn = local_conn()
+    started = submit(conn["conn_id"], tmp_path, ["sh", "-c", "sleep 30"])
+    trigger = SpotJobTrigger(
+        spot_conn_id=conn["conn_id"],
+        job_id=started,
+        other_job_ids=["local-gone-racer"],
+        job_state="PENDING",
+        poll_interval=0.1,
+    )
+    # the racer is unknown to the backend (gone): news first
+    assert first_event(trigger)["status"] == "changed"
+    alone = SpotJobTrigger(
+        spot_conn_id=conn["conn_id"],
+        job_id=started,
+        job_state="PENDING",
+        poll_interval=0.1,
+        wake_at=time.time() + 1.0,
+    )
+    # with no other job racing, a start is no news: the trigger waits (here until wake_at)
+    assert first_event(alone)["status"] == "wake"
 
 
 def test_termination_trigger_yields_every_matching_notice_when_watching_a_queue(local_conn):

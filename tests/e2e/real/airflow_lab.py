@@ -46,11 +46,26 @@ SPOT_WORKFLOWS = BIN / "spot-workflows"
 DAG_ID = "spot_finetune"
 KILL_DAG_ID = "spot_kill_retry"
 """A test DAG: one ``deferrable=False`` spot step (task ``step``) with one Airflow retry."""
+POOL_DAG_ID = "spot_pool"
+"""A test DAG: one deferrable spot step (task ``step``) on ``spot_pool``: two spot markets."""
 DAG_FILES = (
     REPO / "dags" / "spot_finetune.py",
     Path(__file__).resolve().parent / "dags" / f"{KILL_DAG_ID}.py",
+    Path(__file__).resolve().parent / "dags" / f"{POOL_DAG_ID}.py",
 )
-DAG_IDS = (DAG_ID, KILL_DAG_ID)
+DAG_IDS = (DAG_ID, KILL_DAG_ID, POOL_DAG_ID)
+POOL_CONNECTION = {
+    "conn_type": "spot-local",
+    "extra": {
+        "placements": [
+            {"name": "zone-a"},
+            {"name": "zone-b"},
+            {"name": "on-demand", "capacity": "ON_DEMAND"},
+        ],
+        "markets": {"zone-a": {"spot_unavailable": [[0, 86400]]}},
+    },
+}
+"""``spot_pool``: the local spot cloud with two spot markets, ``zone-a`` without capacity."""
 MARKER = "SPOT_AIRFLOW_LAB"
 """Set in the environment of every process the lab starts; its descendants inherit it."""
 USER = "lab"
@@ -140,6 +155,7 @@ class AirflowLab(LabProcesses):
                 "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "3600",
                 "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
                 "SPOT_WORKFLOWS_LOCAL_DIR": str(self.local_dir),
+                "AIRFLOW_CONN_SPOT_POOL": json.dumps(POOL_CONNECTION),
                 MARKER: str(self.root),
             }
         )

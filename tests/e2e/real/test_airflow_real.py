@@ -19,7 +19,7 @@ import time
 from collections import Counter
 
 import pytest
-from airflow_lab import DAG_ID, KILL_DAG_ID, AirflowLab, RunEvidence, step_key
+from airflow_lab import DAG_ID, KILL_DAG_ID, POOL_DAG_ID, AirflowLab, RunEvidence, step_key
 
 from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 
@@ -300,6 +300,44 @@ def test_a_killed_task_process_is_retried_and_reattaches_to_the_live_job(lab: Ai
         pytest.fail(
             "\n".join(problems)
             + f"\n\nledger: {attempt_rows(ev)}\njobs: {_job_rows(jobs)}\n\n{lab.diagnostics()}",
+            pytrace=False,
+        )
+
+
+@pytest.mark.timeout(420)
+def test_a_step_with_two_placements_races_them_and_one_job_does_the_work(lab: AirflowLab):
+    """A deferrable step on a connection with two spot markets (``zone-a`` has no capacity):
+    the operator keeps a pending attempt in both, the trigger wakes it when ``zone-b``'s starts,
+    ``zone-a``'s is cancelled and recorded RACED, and only ``zone-b``'s job ever runs."""
+    if not lab.has_local_cli():
+        pytest.skip("`spot-workflows local` does not exist: cannot list the local cloud's jobs")
+    run_id = f"pool-{secrets.token_hex(3)}"
+    key = step_key(POOL_DAG_ID, "step", run_id)
+    lab.trigger(run_id, dag_id=POOL_DAG_ID)
+    lab.wait_final([run_id], dag_id=POOL_DAG_ID, timeout_s=STEP_RUN_TIMEOUT_S)
+    ev = lab.evidence(run_id, dag_id=POOL_DAG_ID, task_id="step")
+    attempts = (ev.ledger or {}).get("attempts", [])
+    jobs = step_jobs(lab, key)
+    rows = [(a["number"], a["placement"], a["capacity"], a["outcome"]) for a in attempts]
+
+    problems = []
+    if ev.state != "success":
+        problems.append(f"dag_run state {ev.state!r}, expected 'success'")
+    won = [a for a in attempts if a["outcome"] == "SUCCEEDED"]
+    if [(a["placement"], a["capacity"]) for a in won] != [("zone-b", "SPOT")]:
+        problems.append(f"expected one SPOT attempt in zone-b to succeed: {rows}")
+    zone_a = [a for a in attempts if a["placement"] == "zone-a"]
+    if not zone_a or any(a["outcome"] != "RACED" for a in zone_a):
+        problems.append(f"expected zone-a's attempt(s) recorded RACED: {rows}")
+    if any(a["outcome"] in ("PREEMPTED", "NO_CAPACITY", "CANCELLED") for a in attempts):
+        problems.append(f"a race is neither a reclaim, a capacity failure nor a cancel: {rows}")
+    ran = [j["attempt"] for j in jobs if j.get("started_at")]
+    if ran != [a["number"] for a in won]:
+        problems.append(f"jobs that started: attempts {ran}; only the winner's may start")
+    if problems:
+        pytest.fail(
+            "\n".join(problems)
+            + f"\n\nledger: {rows}\njobs: {_job_rows(jobs)}\n\n{lab.diagnostics()}",
             pytrace=False,
         )
 

@@ -386,3 +386,33 @@ def test_a_retry_after_the_step_succeeded_does_not_run_it_again(crash: CrashRetr
         assert _jobs_table(crash.jobs_after_second_retry) == _jobs_table(
             crash.jobs_after_crash_retry
         )
+
+
+POOL_DEPLOYMENT = "spot-pool/pool-local"
+POOL_TIMEOUT_S = 180.0
+
+
+def test_a_pool_flow_races_two_zones_and_one_job_does_the_work(lab: PrefectLab):
+    """``flows/spot_pool.py`` deployed and run by the worker: its step keeps a pending attempt in
+    ``zone-a`` (no spot) and ``zone-b`` (spot); ``zone-b``'s runs and succeeds, ``zone-a``'s is
+    recorded RACED and its job never starts."""
+    workdir = lab.root / "runs" / "pool"
+    with explained(lab):
+        run_id = lab.run_deployment({"workdir": str(workdir)}, key="pool", name=POOL_DEPLOYMENT)
+        lab.wait_final([run_id], timeout_s=POOL_TIMEOUT_S)
+        run = lab.evidence(run_id, workdir)
+        assert run.state_type == "COMPLETED", (run.state_name, run.state_message)
+        ((step_key, ledger),) = run.ledgers.items()
+        rows = [(a["number"], a["placement"], a["outcome"]) for a in ledger["attempts"]]
+        won = [a for a in ledger["attempts"] if a["outcome"] == "SUCCEEDED"]
+        assert [a["placement"] for a in won] == ["zone-b"], rows
+        assert all(a["outcome"] == "RACED" for a in ledger["attempts"] if a not in won), rows
+        assert any(a["placement"] == "zone-a" for a in ledger["attempts"]), rows
+        assert run.summary is not None and run.summary["matches_uninterrupted_run"], run.summary
+        if lab.has_local_cli():
+            started = [
+                j["attempt"]
+                for j in lab.local_jobs()
+                if j["step_key"] == step_key and j.get("started_at")
+            ]
+            assert started == [won[0]["number"]], (started, rows)
