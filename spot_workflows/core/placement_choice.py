@@ -25,6 +25,7 @@ from spot_workflows.core.deadline import HOUR
 from spot_workflows.core.outcomes import Attempt, Capacity, Outcome
 from spot_workflows.core.placements import Placement, of_capacity
 from spot_workflows.core.spot_policy import SpotPolicy
+from spot_workflows.errors import ConfigError
 
 DEFAULT_COOLDOWN_S = 1 * HOUR
 """How long a placement stays "just reclaimed" (or "just out of on-demand capacity")."""
@@ -72,7 +73,7 @@ def spot_order(
     scores = scores or {}
     for name, score in scores.items():
         if not MIN_SCORE <= score <= MAX_SCORE:
-            raise ValueError(
+            raise ConfigError(
                 f"spot placement score for {name!r} is {score!r}; scores run from "
                 f"{MIN_SCORE} to {MAX_SCORE}"
             )

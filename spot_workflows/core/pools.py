@@ -13,14 +13,24 @@ of the ledger; this layer only decides placements, racing, probes and handoff.
   first to start wins and the others are cancelled ``RACED``; several started at once: the
   cheapest placement is kept, then the lowest attempt number. When the strategy gives up waiting,
   the group ends as ONE ``NO_CAPACITY`` (its newest attempt), the rest ``RACED``.
-* **Probe and handoff**: while on ON_DEMAND under a deadline-aware strategy, and the caller does not
-  know spot availability itself (``Outlook.spot_available`` is None), one pending SPOT probe is kept
-  in the best SPOT placement. When it starts, the strategy is asked (through ``decide``) as if spot
-  had been available since the probe started (since the first of a chain of probes each started the
+* **Spot knowledge** (:mod:`~spot_workflows.core.pool_view`): unless the caller knows spot
+  availability (``Outlook.spot_available`` set), it comes from the step's own attempts: a SPOT
+  attempt running (or stopped / raced on purpose this instant) means available since it started;
+  otherwise unavailable since the first reclaim or wait after spot was last seen. Before any SPOT
+  attempt an idle step assumes spot is there (a pending attempt is a free look).
+* **Look before leaving**: when a deadline-aware strategy moves an idle step to ON_DEMAND while
+  some racing placement was not looked at this instant (e.g. right after a reclaim in another
+  one), a SPOT attempt is submitted there first; it starts at once if capacity is there, and the
+  strategy decides again.
+* **Probes and handoff**: while on ON_DEMAND under a deadline-aware strategy (caller does not know
+  spot availability), pending SPOT probes are kept in up to K placements, best first (a pending
+  job is free; one probe per placement, since each sees only its own pool). When one starts (the
+  others are cancelled RACED), the strategy is asked through ``decide`` as if spot had been
+  available since that probe started (since the first of a chain of stay-probes each started the
   moment it was submitted: nothing showed an outage in between). Switch:
   ``Cancel(attempt=<on-demand>, outcome=STOPPED, handoff=True)``; stay:
-  ``Cancel(attempt=<probe>, outcome=RACED)`` and probe again after an exponential backoff counted
-  from the ledger (RACED probes since the step went on ON_DEMAND).
+  ``Cancel(attempt=<probe>, outcome=RACED)`` and a new round of probes after an exponential
+  backoff counted from the ledger (started RACED probes since the step went on ON_DEMAND).
 
 With one SPOT and one ON_DEMAND placement and no probe, the decisions are ``decide``'s, plus
 ``placement=`` on Submit and ``attempt=`` on Cancel.
@@ -28,7 +38,6 @@ With one SPOT and one ON_DEMAND placement and no probe, the decisions are ``deci
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
@@ -51,22 +60,20 @@ from spot_workflows.core.placement_choice import (
 )
 from spot_workflows.core.placements import Placement, by_name, check_placements
 from spot_workflows.core.planner import decide
+from spot_workflows.core.pool_view import SAME_INSTANT_S, available_since, collapse, seen
 from spot_workflows.core.spot_policy import SpotPolicy
 from spot_workflows.core.strategies import is_live, resolve
 
 SPOT, OD = Capacity.SPOT, Capacity.ON_DEMAND
 PENDING, RUNNING = AttemptState.PENDING, AttemptState.RUNNING
-SAME_INSTANT_S = 60.0
-"""An attempt stopped or raced on purpose at most this long ago (and within the decision tick)
-still counts as "spot is available now"; older sightings say nothing about now."""
 MIN_PROBE_BACKOFF_S = 60.0
 """Shortest pause before probing again after the policy stayed on ON_DEMAND. The pause is
 ``max(this, decision tick, restart overhead) x 2^(stays - 1)``: a started probe costs about one
 restart overhead of spot time, so probing at most once per overhead keeps that cost bounded..."""
 MAX_PROBE_BACKOFF_S = 4 * 3600.0
+"""...and never waits longer than this between probes."""
 PROBE_BACKOFF_FACTOR = 2.0
 """Each stay doubles the pause before the next round of probes."""
-"""...and never waits longer than this between probes."""
 
 
 def decide_pool(
@@ -110,9 +117,9 @@ def decide_pool(
         if started and len(spot_live) > 1:
             return _race_loser(started, spot_live, placements, policy)
 
-    view, hidden = _collapse(attempts)
+    view, hidden = collapse(attempts)
     decision = decide(
-        view, policy, now=now, spent_usd=spent_usd, outlook=_seen(attempts, now, outlook)
+        view, policy, now=now, spent_usd=spent_usd, outlook=seen(attempts, now, outlook)
     )
     if hidden and not (view and view[-1].live):
         # the step's own attempt ended: the probes / racers it kept are no longer needed
@@ -193,93 +200,6 @@ def _race_loser(
     )
 
 
-def _collapse(attempts: Sequence[Attempt]) -> tuple[list[Attempt], list[Attempt]]:
-    """The ledger as ``decide`` should see it, and the live attempts it leaves out (probes and
-    racers other than the group's stand-in), oldest first."""
-    kept = [a for a in attempts if a.outcome is not Outcome.RACED]
-    if attempts and kept and attempts[0].outcome is Outcome.RACED:
-        # the step started with a racer that lost: keep its start time (the deadline counts from it)
-        kept[0] = kept[0].model_copy(update={"submitted_at": attempts[0].submitted_at})
-    probes = _probes(kept)
-    if probes:
-        return [a for a in kept if a not in probes], probes
-    spot_live = [a for a in kept if a.live and a.capacity is SPOT]
-    if len(spot_live) <= 1:
-        return kept, []
-    first = min(spot_live, key=_num)
-    stand_in = first.model_copy(update={"submitted_at": min(a.submitted_at for a in spot_live)})
-    view = [a for a in kept if not (a.live and a.capacity is SPOT)] + [stand_in]
-    return view, [a for a in spot_live if a is not first]
-
-
-def _probes(attempts: Sequence[Attempt]) -> list[Attempt]:
-    """Live SPOT attempts submitted while the step's newest ON_DEMAND attempt was live (unless
-    that attempt was stopped to hand the step over to one of them)."""
-    od = max((a for a in attempts if a.capacity is OD), key=_num, default=None)
-    if od is None or od.handoff:
-        return []
-    return [
-        a
-        for a in attempts
-        if a.live
-        and a.capacity is SPOT
-        and a.number > od.number
-        and (od.live or od.ended_at is None or a.submitted_at < od.ended_at)
-    ]
-
-
-def _available_since(attempts: Sequence[Attempt], probe: Attempt) -> float:
-    """When spot became available as far as the probes tell: the start of the first of a chain of
-    stay-probes (RACED after starting) each of which, like ``probe``, started the moment it was
-    submitted."""
-    since = probe.started_at if probe.started_at is not None else probe.submitted_at
-    if probe.started_at != probe.submitted_at:
-        return since
-    earlier = [a for a in attempts if a.capacity is SPOT and a.number < probe.number]
-    for a in reversed(earlier):
-        if a.outcome is Outcome.RACED and a.started_at is None:
-            continue  # a racer that lost while pending: spot was up elsewhere
-        if a.outcome is not Outcome.RACED:
-            break
-        since = a.started_at
-        if a.started_at != a.submitted_at:
-            break
-    return since
-
-
-def _seen(attempts: Sequence[Attempt], now: float, outlook: Outlook | None) -> Outlook | None:
-    """Spot availability as the step's own attempts saw it, unless the caller knows it: a SPOT
-    attempt running now, or one that ran until this decision tick (stopped or raced on purpose),
-    means available (since it started); otherwise not available, since the first sign of an
-    outage after spot was last seen (a reclaim, or an attempt left waiting for capacity)."""
-    if outlook is not None and outlook.spot_available is not None:
-        return outlook
-    base = outlook or Outlook()
-    spot = [a for a in attempts if a.capacity is SPOT]
-    if not spot:  # never looked: a pending SPOT attempt is a free look, so assume there is some
-        return replace(base, spot_available=True, spot_state_since=now)
-    window = min(max(base.tick_s, 1.0), SAME_INSTANT_S)  # seen up this very decision tick
-    up_since: float | None = None
-    last_up = -math.inf
-    for a in spot:
-        if a.started_at is None:
-            continue
-        end = now if a.live else (a.ended_at if a.ended_at is not None else a.started_at)
-        if a.outcome is Outcome.PREEMPTED:
-            end = a.started_at
-        if end >= last_up:
-            last_up = end
-            if (a.live or a.outcome is not Outcome.PREEMPTED) and now - end <= window:
-                up_since = _available_since(attempts, a)
-    if up_since is not None:
-        return replace(base, spot_available=True, spot_state_since=up_since)
-    downs = [a.ended_at for a in spot if a.outcome is Outcome.PREEMPTED and a.ended_at is not None]
-    downs += [a.submitted_at for a in spot if a.started_at is None or a.started_at > a.submitted_at]
-    after = [t for t in downs if t >= last_up]
-    since = min(after) if after else (last_up if last_up > -math.inf else now)
-    return replace(base, spot_available=False, spot_state_since=min(since, now))
-
-
 def _handoff(
     attempts: Sequence[Attempt],
     od: Attempt,
@@ -301,7 +221,7 @@ def _handoff(
             outcome=Outcome.RACED,
             reason=f"probe attempt {probe.number} is no longer needed: {blind.reason}",
         )
-    seen = replace(base, spot_available=True, spot_state_since=_available_since(attempts, probe))
+    seen = replace(base, spot_available=True, spot_state_since=available_since(attempts, probe))
     told = decide(view, policy, now=now, spent_usd=spent_usd, outlook=seen)
     if isinstance(told, Cancel) and told.outcome is Outcome.STOPPED:
         return Cancel(
@@ -339,14 +259,14 @@ def _look_first(
     if outlook is not None and outlook.spot_available is not None:
         return None  # the caller knows spot availability
     window = min(max(outlook.tick_s if outlook else 0.0, 1.0), SAME_INSTANT_S)
-    seen = {
+    looked = {
         a.placement
         for a in attempts
         if a.capacity is SPOT
         and (a.live or (a.ended_at is not None and now - a.ended_at <= window))
     }
     k = policy.race_placements if policy.race_placements is not None else len(ranked)
-    unseen = [p for p in ranked[:k] if p.name not in seen]
+    unseen = [p for p in ranked[:k] if p.name not in looked]
     if not unseen or len(unseen) == len(ranked[:k]):
         return None  # nothing new to look at (or no reclaim/wait this instant: trust the strategy)
     return Submit(
