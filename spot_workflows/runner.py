@@ -49,6 +49,7 @@ from spot_workflows.run_events import (  # noqa: F401  (RunnerEvent, RunResult, 
     market_probe,
     with_backend_defaults,
 )
+from spot_workflows.run_placements import pool_placements
 from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 from spot_workflows.runtime.store.handoff import write_handoff
 
@@ -95,6 +96,7 @@ class StepRunner:
         """Optional market view, ``() -> bool | None``: is spot capacity obtainable now? With it,
         deadline policies also see spot come back while on ON_DEMAND and may switch back to it
         (see :func:`market_probe`); without it they stay on ON_DEMAND once there."""
+        self._placements: tuple[Placement, ...] | None = None
         self._spot_seen: bool | None = None
         self._spot_since: float | None = None
         self._stop_s: float = float(getattr(backend, "stop_latency_s", DEFAULT_STOP_LATENCY_S))
@@ -178,14 +180,11 @@ class StepRunner:
         placements (racing), placements the user named, or a backend without a market view (the
         clouds: a pending SPOT probe beside an on-demand attempt is how spot is seen coming
         back). Empty: the single-placement planner (the local spot cloud's default market, whose
-        availability the backend can tell directly)."""
-        placements = tuple(getattr(self.backend, "placements", None) or ())
-        spot = [p for p in placements if p.capacity is Capacity.SPOT]
-        market_view = callable(getattr(self.backend, "spot_available", None))
-        named = bool(getattr(self.backend, "named_placements", False))
-        if not placements or (market_view and not named and len(spot) <= 1):
-            return ()
-        return placements
+        availability the backend can tell directly). Prices the user did not set come from the
+        price catalog for the step's first instance type, where the backend can look them up."""
+        if self._placements is None:
+            self._placements = pool_placements(self.backend, self.spec)
+        return self._placements
 
     def _outlook(self, now: float, tick: bool) -> Outlook:
         """Planner inputs beyond the ledger: checkpoint progress (deadline-aware policies only:
@@ -411,7 +410,7 @@ class StepRunner:
             "submitted",
             attempt,
             f"attempt {attempt.number} on {attempt.capacity.value}"
-            + (f" in {attempt.placement}" if attempt.placement else "")
+            + (f" in {attempt.placement}" if self._several(attempt.capacity) else "")
             + f" as {job_id}"
             + (
                 f", resuming from step {attempt.resumed_from_step}"
@@ -419,6 +418,10 @@ class StepRunner:
                 else ""
             ),
         )
+
+    def _several(self, capacity: Capacity) -> bool:
+        """Whether the step has several placements of ``capacity`` (then messages name them)."""
+        return sum(p.capacity is capacity for p in self.placements) > 1
 
     def _emit(self, kind: str, attempt: Attempt | None, message: str) -> None:
         log.info("%s: %s", self.spec.key, message)

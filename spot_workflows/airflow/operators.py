@@ -319,12 +319,19 @@ class SpotStepOperator(BaseOperator):
         """Reconcile, decide, carry out; again at once after a CANCEL (e.g. no spot capacity)."""
         try:
             decision = runner.tick()
-            # a cancel, or a submit while attempts race in several placements: decide again now
+            # after a cancel, decide again at once; after a submit while attempts race in several
+            # placements, carry out the next submits of this round too (no new look at the jobs)
             for _ in range(MAX_DECISIONS_PER_ROUND):
-                pooled = decision.action is Action.SUBMIT and bool(runner.placements)
-                if decision.action is not Action.CANCEL and not pooled:
-                    break
-                decision = runner.tick()
+                if decision.action is Action.CANCEL:
+                    decision = runner.tick()
+                    continue
+                if decision.action is Action.SUBMIT and runner.placements:
+                    following = runner.plan()
+                    if following.action is Action.SUBMIT:
+                        runner.execute(following)
+                        decision = following
+                        continue
+                break
         except (ConfigError, LedgerError) as exc:  # a bad setting: retrying cannot fix it
             raise AirflowFailException(f"{self.task_id}: {exc}") from exc
         return decision

@@ -62,7 +62,7 @@ class SpotMarket(logging.Handler):
     (on-demand, after escalation) succeeds."""
 
     SUBMITTED = re.compile(
-        r"^(?P<key>\S+): attempt (?P<n>\d+) on (?P<cap>\w+) as (?P<job>\S+?)(,|$)"
+        r"^(?P<key>\S+): attempt (?P<n>\d+) on (?P<cap>\w+)(?: in \S+)? as (?P<job>\S+?)(,|$)"
     )
 
     def __init__(self, batch: FakeBatch, *, reclaims: int) -> None:

@@ -240,3 +240,55 @@ def test_a_placement_the_credentials_cannot_reach_fails_before_anything_is_submi
         client(infra.moto, "batch", WEST).list_jobs(jobQueue=west["spot_queue"])["jobSummaryList"]
         == []
     )
+
+
+def test_the_runner_races_two_regions_and_cancels_the_loser(infra, west, tmp_path):
+    """The runner with the pool planner on moto: a pending attempt in each region's spot queue;
+    when us-west-2's starts, us-east-1's is cancelled at once and recorded RACED."""
+    from spot_workflows.config import SpotPolicy
+    from spot_workflows.core.outcomes import Action, Outcome
+    from spot_workflows.runner import StepRunner
+
+    be = backend(infra, west)
+    hold_queued(infra)  # jobs wait for capacity until the test starts one
+    spec = StepSpec(
+        key="pools-race",
+        command=["python", "train.py"],
+        image=SPEC.image,
+        checkpoint_uri=f"file://{tmp_path}/ckpt",
+        instance_types=["p3.2xlarge"],
+        gpus=1,
+        vcpus=4,
+        memory_mib=16000,
+    )
+    runner = StepRunner(spec=spec, backend=be, policy=SpotPolicy(), poll_interval=0.01)
+    prices = {p.name: p.usd_per_hour for p in runner.placements}
+    assert prices["west"] == 0.9  # the placement's own price
+    assert prices["east"] == 0.9731 and prices["od"] == 3.06  # the catalog's, p3.2xlarge
+
+    def settle() -> None:
+        seen = []
+        for _ in range(8):
+            decision = runner.tick()
+            seen.append(decision)
+            if decision.action is Action.WAIT:
+                return
+        rows = [(a.number, a.placement, a.state, a.outcome) for a in runner.ledger.attempts]
+        raise AssertionError(f"the runner did not settle on WAIT: {seen} {rows}")
+
+    settle()
+    live = {a.placement: a for a in runner.ledger.live_attempts}
+    assert set(live) == {"east", "west"}  # racing: one pending job per spot queue
+    assert all(
+        a.capacity is Capacity.SPOT and a.state is AttemptState.PENDING for a in live.values()
+    )
+    run_now(WEST, live["west"].job_id.rsplit("/", 1)[-1])
+    settle()
+    attempts = {a.placement: a for a in runner.ledger.attempts}
+    assert attempts["east"].outcome is Outcome.RACED
+    assert attempts["west"].state is AttemptState.RUNNING and attempts["west"].live
+    [east_job] = client(infra.moto, "batch", REGION).describe_jobs(jobs=[live["east"].job_id])[
+        "jobs"
+    ]
+    assert "spot-workflows" in east_job.get("statusReason", "")
+    assert [a.placement for a in runner.ledger.live_attempts] == ["west"]  # one job runs the step
