@@ -73,7 +73,9 @@ class SpotMarket(logging.Handler):
     """Reclaims the next ``reclaims`` spot attempts as they are submitted; the first reclaimed
     attempt leaves a checkpoint (step 5) behind, as a real one would."""
 
-    SUBMITTED = re.compile(r"^(?P<key>\S+): attempt (?P<n>\d+) on SPOT(?: in \S+)? as (?P<job>\S+?)(,|$)")
+    SUBMITTED = re.compile(
+        r"^(?P<key>\S+): attempt (?P<n>\d+) on SPOT(?: in \S+)? as (?P<job>\S+?)(,|$)"
+    )
 
     def __init__(self, *, batch, reclaims: int, checkpoint_root: str, monkeypatch) -> None:
         super().__init__(level=logging.INFO)
