@@ -47,6 +47,9 @@ def _priced(
     except ConfigError as exc:  # prices are a preference, never a reason to fail the step
         log.warning("%s: no price catalog (%s); placements ranked by your order", spec.key, exc)
         return placements
+    live = getattr(backend, "price_catalog", None)  # current spot prices, where enabled
+    if callable(live):
+        catalog = live(spec, catalog)
     kind = "machine_type" if "machine_type" in inspect.signature(lookup).parameters else None
     priced = []
     for p in placements:
@@ -56,3 +59,25 @@ def _priced(
             price = lookup(p.name, catalog=catalog, **kw)
         priced.append(p if price is None else p.model_copy(update={"usd_per_hour": price}))
     return tuple(priced)
+
+
+SCORES_TTL_S = 900.0
+"""How long spot placement scores are reused before they are asked for again."""
+
+
+class PlacementScores:
+    """The backend's spot placement scores for a step (where it has them and the user enabled
+    them), asked for at most every ``SCORES_TTL_S`` seconds."""
+
+    def __init__(self, backend: Backend, spec: StepSpec) -> None:
+        self._fetch = getattr(backend, "spot_placement_scores", None)
+        self._spec = spec
+        self._scores: dict[str, float] | None = None
+        self._at: float | None = None
+
+    def at(self, now: float) -> dict[str, float] | None:
+        if not callable(self._fetch):
+            return None
+        if self._at is None or now - self._at >= SCORES_TTL_S:
+            self._scores, self._at = self._fetch(self._spec), now
+        return self._scores or None

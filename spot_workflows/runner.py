@@ -49,7 +49,7 @@ from spot_workflows.run_events import (  # noqa: F401  (RunnerEvent, RunResult, 
     market_probe,
     with_backend_defaults,
 )
-from spot_workflows.run_placements import pool_placements
+from spot_workflows.run_placements import PlacementScores, pool_placements
 from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 from spot_workflows.runtime.store.handoff import write_handoff
 
@@ -97,6 +97,7 @@ class StepRunner:
         deadline policies also see spot come back while on ON_DEMAND and may switch back to it
         (see :func:`market_probe`); without it they stay on ON_DEMAND once there."""
         self._placements: tuple[Placement, ...] | None = None
+        self._scores = PlacementScores(backend, spec)
         self._spot_seen: bool | None = None
         self._spot_since: float | None = None
         self._stop_s: float = float(getattr(backend, "stop_latency_s", DEFAULT_STOP_LATENCY_S))
@@ -170,7 +171,13 @@ class StepRunner:
         outlook = self._outlook(now, tick)
         if self.placements:
             return decide_pool(
-                attempts, self.policy, self.placements, now=now, spent_usd=spent, outlook=outlook
+                attempts,
+                self.policy,
+                self.placements,
+                now=now,
+                spent_usd=spent,
+                outlook=outlook,
+                scores=self._scores.at(now),
             )
         return decide(attempts, self.policy, now=now, spent_usd=spent, outlook=outlook)
 

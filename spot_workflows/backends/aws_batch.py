@@ -38,6 +38,7 @@ from spot_workflows.backends.aws_jobs import (
     resource_requirements,
     retry_strategy,
 )
+from spot_workflows.backends.aws_signals import live_price_catalog, placement_scores
 from spot_workflows.backends.base import attempt_env
 from spot_workflows.config import StepSpec
 from spot_workflows.core.cost import PriceCatalog
@@ -80,7 +81,11 @@ class AwsBatchBackend:
         tags: Mapping[str, str] | None = None,
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        live_spot_prices: bool = False,
+        spot_placement_scores: bool = False,
     ) -> None:
+        self.live_spot_prices = live_spot_prices
+        self.use_placement_scores = spot_placement_scores
         self.placements = ap.placements_of(
             placements=placements, spot_queue=spot_queue, on_demand_queue=on_demand_queue
         )
@@ -275,6 +280,33 @@ class AwsBatchBackend:
             )
         return ap.price_per_hour(
             chosen, instance_type=instance_type, home=self.region, catalog=catalog
+        )
+
+    def price_catalog(self, spec: StepSpec, base: PriceCatalog) -> PriceCatalog:
+        """``base``, with the current spot prices of the step's instance types in each spot
+        placement's region on top when ``live_spot_prices`` is on."""
+        if not (self.live_spot_prices and spec.instance_types):
+            return base
+        return live_price_catalog(
+            base,
+            self.placements,
+            instance_types=spec.instance_types,
+            home=self.region,
+            session=self._session,
+            endpoint_url=self._endpoint_url,
+        )
+
+    def spot_placement_scores(self, spec: StepSpec) -> dict[str, float] | None:
+        """EC2 spot placement scores (1-10) per spot placement, when ``spot_placement_scores``
+        is on (None: off)."""
+        if not self.use_placement_scores:
+            return None
+        return placement_scores(
+            self.placements,
+            instance_types=spec.instance_types,
+            home=self.region,
+            session=self._session,
+            endpoint_url=self._endpoint_url,
         )
 
     def _client(self, region: str) -> Any:

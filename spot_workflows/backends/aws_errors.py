@@ -38,6 +38,7 @@ from botocore.exceptions import (
     PartialCredentialsError,
     ReadTimeoutError,
 )
+from botocore.parsers import ResponseParserError
 
 from spot_workflows.errors import (
     BackendError,
@@ -350,6 +351,6 @@ class AwsCaller:
                     if again and before_retry is not None and (found := before_retry()) is not None:
                         return found
                     return getattr(client, operation)(**params)
-        except (BotoCoreError, ClientError) as exc:
+        except (BotoCoreError, ClientError, ResponseParserError) as exc:
             raise translate(exc, action=action, what=what, region=self.region) from exc
         raise AssertionError("unreachable")  # pragma: no cover

@@ -77,7 +77,8 @@ def iam_policy(
                 "batch:DescribeJobs",
                 "batch:ListJobs",
                 "batch:DescribeJobDefinitions",
-                "ec2:DescribeSpotPriceHistory",  # spot-workflows report --aws-spot-prices
+                "ec2:DescribeSpotPriceHistory",  # report --aws-spot-prices, live_spot_prices
+                "ec2:GetSpotPlacementScores",  # the spot_placement_scores setting
             ],
             "Resource": "*",
         },

@@ -83,6 +83,20 @@ class AwsSettings(BackendSettings):
     endpoint_url: str | None = Field(
         default=None, description="Custom AWS API endpoint (VPC endpoint or a local stand-in)."
     )
+    live_spot_prices: bool = Field(
+        default=False,
+        description=(
+            "Rank spot placements by the current spot price of the step's instance type in "
+            "each region (ec2:DescribeSpotPriceHistory) instead of the catalog's typical price."
+        ),
+    )
+    spot_placement_scores: bool = Field(
+        default=False,
+        description=(
+            "Weigh EC2 spot placement scores (ec2:GetSpotPlacementScores, 1-10 per region) when "
+            "ranking spot placements."
+        ),
+    )
     events_queue_url: str | None = Field(
         default=None,
         description=(
@@ -210,6 +224,8 @@ class AwsSettings(BackendSettings):
             job_role_arn=self.job_role_arn,
             wrap=self.wrap,
             tags=self.tags,
+            live_spot_prices=self.live_spot_prices,
+            spot_placement_scores=self.spot_placement_scores,
         )
 
     def notice_source(self, *, since: float | None, session: Any = None) -> AwsNoticeSource:

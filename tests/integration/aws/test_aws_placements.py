@@ -292,3 +292,44 @@ def test_the_runner_races_two_regions_and_cancels_the_loser(infra, west, tmp_pat
     ]
     assert "spot-workflows" in east_job.get("statusReason", "")
     assert [a.placement for a in runner.ledger.live_attempts] == ["west"]  # one job runs the step
+
+
+def test_live_spot_prices_rank_placements_by_the_current_price(infra, west, tmp_path):
+    """``live_spot_prices``: the spot placements without a price of their own get the region's
+    current spot price of the step's instance type (moto's DescribeSpotPriceHistory)."""
+    from spot_workflows.backends.aws_pricing import spot_price_override
+    from spot_workflows.pricing import load_catalog
+    from spot_workflows.runner import StepRunner
+
+    spec = StepSpec(
+        key="pools-prices",
+        command=["python", "train.py"],
+        image=SPEC.image,
+        checkpoint_uri=f"file://{tmp_path}/ckpt",
+        instance_types=["g5.xlarge"],
+    )
+    live = backend(infra, west, live_spot_prices=True)
+    prices = {p.name: p.usd_per_hour for p in StepRunner(spec=spec, backend=live).placements}
+    current = spot_price_override(
+        base=load_catalog(),
+        region=REGION,
+        instance_types=["g5.xlarge"],
+        client=client(infra.moto, "ec2", REGION),
+    ).find("aws", "g5.xlarge", REGION)
+    assert current is not None and prices["east"] == current.spot
+    assert prices["west"] == 0.9  # a price the user set is kept
+    typical = load_catalog().find("aws", "g5.xlarge").spot
+    off = {
+        p.name: p.usd_per_hour
+        for p in StepRunner(spec=spec, backend=backend(infra, west)).placements
+    }
+    assert off["east"] == typical  # without the setting: the catalog's typical price
+
+
+def test_placement_scores_that_cannot_be_read_leave_the_ranking_to_prices(infra, west, caplog):
+    """``spot_placement_scores`` on an endpoint without GetSpotPlacementScores (moto): a warning,
+    no scores, nothing fails."""
+    be = backend(infra, west, spot_placement_scores=True)
+    assert be.spot_placement_scores(SPEC.model_copy(update={"instance_types": ["g5.xlarge"]})) == {}
+    assert "spot placement scores unavailable" in caplog.text
+    assert backend(infra, west).spot_placement_scores(SPEC) is None  # off by default
