@@ -272,12 +272,15 @@ def ledger_show(checkpoint_uri: str, key: str, as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=2))
         return
     table = Table(title=f"ledger of {key}")
-    for col in ("#", "capacity", "job", "state", "outcome", "reason"):
+    placed = any(a.placement for a in ledger.attempts)
+    for col in ("#", "capacity", *(("placement",) if placed else ()), "job", "state", "outcome"):
         table.add_column(col, overflow="fold")
+    table.add_column("reason", overflow="fold")
     for a in ledger.attempts:
         table.add_row(
             str(a.number),
             a.capacity.value,
+            *((a.placement or "",) if placed else ()),
             a.job_id or a.job_name,
             a.state.value,
             a.outcome.value if a.outcome else "",

@@ -39,14 +39,24 @@ class StepSummary:
         return sum(a.outcome is Outcome.PREEMPTED for a in self.attempts)
 
     @property
+    def ran(self) -> tuple[Attempt, ...]:
+        """The attempts that ran the step or waited for it: all but the RACED ones (losers of
+        a race between placements, spot probes the policy did not switch to)."""
+        return tuple(a for a in self.attempts if a.outcome is not Outcome.RACED)
+
+    @property
+    def raced(self) -> int:
+        return len(self.attempts) - len(self.ran)
+
+    @property
     def escalated(self) -> bool:
         """The step ran on spot and then (or also) on on-demand capacity."""
-        caps = {a.capacity for a in self.attempts}
+        caps = {a.capacity for a in self.ran}
         return Capacity.SPOT in caps and Capacity.ON_DEMAND in caps
 
     @property
     def final_capacity(self) -> Capacity | None:
-        return self.attempts[-1].capacity if self.attempts else None
+        return self.ran[-1].capacity if self.ran else None
 
     def rows(self) -> list[dict[str, Any]]:
         """One JSON-able row per attempt: the columns every report shows."""
@@ -58,6 +68,7 @@ def attempt_row(a: Attempt) -> dict[str, Any]:
     return {
         "attempt": a.number,
         "capacity": a.capacity.value,
+        "placement": a.placement,
         "outcome": a.outcome.value if a.outcome else a.state.value,
         "job_id": a.job_id,
         "exit_code": a.exit_code,
