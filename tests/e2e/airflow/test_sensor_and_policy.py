@@ -98,12 +98,13 @@ def test_killing_a_task_that_waits_in_itself_cancels_its_live_job(tmp_path):
     with LocalBackend(state_dir=tmp_path / "b") as backend:
         job = backend.submit(spec, job_name=attempt.job_name, attempt=1, capacity=Capacity.SPOT)
         ledger.update(ledger.set_job_id(attempt, job), watcher="d/t/r/-1#try2")
-        # what _wait_in_task sets while it sleeps; an older try (a newer one re-attached)
-        op._waiting_on = (backend, job, spec.checkpoint_uri, spec.key, "d/t/r/-1#try1")
+        # what _wait_in_task sets while it sleeps (the live jobs); an older try (a newer one
+        # re-attached)
+        op._waiting_on = (backend, [job], spec.checkpoint_uri, spec.key, "d/t/r/-1#try1")
         op.on_kill()
         assert backend.describe([job])[job].state is not AttemptState.DONE  # left alone
         assert ledger.refresh().attempt(1).stopping is None
-        op._waiting_on = (backend, job, spec.checkpoint_uri, spec.key, "d/t/r/-1#try2")
+        op._waiting_on = (backend, [job], spec.checkpoint_uri, spec.key, "d/t/r/-1#try2")
         op.on_kill()  # the watching try: recorded as stopped first, then cancelled
         assert ledger.refresh().attempt(1).stopping is Outcome.STOPPED
         deadline = time.time() + 30
