@@ -129,12 +129,10 @@ class SpotBackendBlock(Block, ABC):
     settings_model: ClassVar[type[BackendSettings] | None] = None
     """The backend's settings model this block is a view of."""
 
+    # declared here, not generated per backend, so that every block has it (same description
+    # and same check as the settings models')
     checkpoint_root: str | None = Field(
-        default=None,
-        description=(
-            "Prefix under which each step gets its checkpoint directory "
-            "(file://, s3:// or gs://); the step key is appended."
-        ),
+        default=None, description=BackendSettings.model_fields["checkpoint_root"].description
     )
 
     @model_validator(mode="before")
