@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import socket
 import time
 from collections.abc import Callable
 
 from spot_workflows.backends.base import Backend
 from spot_workflows.config import SpotPolicy, StepSpec
 from spot_workflows.core.classify import CANCEL_REASON_PREFIX
-from spot_workflows.core.deadline import Outlook, spent_usd
+from spot_workflows.core.deadline import spent_usd
 from spot_workflows.core.outcomes import (
     Action,
     Attempt,
@@ -42,6 +40,7 @@ from spot_workflows.errors import (
     StepInterruptedError,
 )
 from spot_workflows.ledger import AttemptIsLive, Ledger, LedgerMoved
+from spot_workflows.run_checkpoints import interrupted_error, record_last_checkpoint
 from spot_workflows.run_events import (  # noqa: F401  (RunnerEvent, RunResult, market_probe: public here)
     OUTCOME_EVENTS,
     RunnerEvent,
@@ -49,15 +48,16 @@ from spot_workflows.run_events import (  # noqa: F401  (RunnerEvent, RunResult, 
     market_probe,
     with_backend_defaults,
 )
+from spot_workflows.run_outlook import (  # noqa: F401  (DEFAULT_STOP_LATENCY_S: public here)
+    DEFAULT_STOP_LATENCY_S,
+    RunOutlook,
+)
+from spot_workflows.run_owners import owner_gone
 from spot_workflows.run_placements import PlacementScores, pool_placements
 from spot_workflows.runtime.store.checkpoint_store import CheckpointStore
 from spot_workflows.runtime.store.handoff import write_handoff
 
 log = logging.getLogger("spot_workflows.runner")
-
-
-DEFAULT_STOP_LATENCY_S = 30.0
-"""Cancel-to-exit estimate for a backend that states none (``stop_latency_s``)."""
 
 _FAIL_ERRORS = {FailCause.BUDGET: BudgetExceededError, FailCause.DEADLINE: DeadlineInfeasibleError}
 
@@ -91,18 +91,15 @@ class StepRunner:
         """How long another runner's recorded attempt may stay unsubmitted before this runner
         takes it over (sooner when its owner is a process of this host that no longer runs)."""
         self.ledger = Ledger.open(self.store, spec.key)
-        self._last_tick_at: float | None = None
         self.spot_probe = spot_probe
         """Optional market view, ``() -> bool | None``: is spot capacity obtainable now? With it,
         deadline policies also see spot come back while on ON_DEMAND and may switch back to it
         (see :func:`market_probe`); without it they stay on ON_DEMAND once there."""
         self._placements: tuple[Placement, ...] | None = None
         self._scores = PlacementScores(backend, spec)
-        self._spot_seen: bool | None = None
-        self._spot_since: float | None = None
-        self._stop_s: float = float(getattr(backend, "stop_latency_s", DEFAULT_STOP_LATENCY_S))
-        """How long a stop takes until billing ends: the backend's estimate, raised to the
-        longest stop measured here (the budget cap keeps this much spend in reserve)."""
+        self._outlook = RunOutlook(backend, self.store)
+        """Planner inputs beyond the ledger, among them how long a stop takes (the backend's
+        estimate, raised to the longest stop measured here)."""
 
     # -- public ----------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -141,17 +138,7 @@ class StepRunner:
                     self._await_exit(live, timeout_s=min(self.cancel_wait_s, 30.0))
             self._finish_stopped(live, Outcome.STOPPED, reason)
             stopped = live.number
-        latest = self.store.latest()
-        where = (
-            f"last checkpoint: step {latest.step} in {self.spec.checkpoint_uri}"
-            if latest is not None
-            else f"no checkpoint yet in {self.spec.checkpoint_uri}"
-        )
-        what = f"attempt {stopped} stopped" if stopped else "no attempt was running"
-        return StepInterruptedError(
-            f"interrupted: {what}; {where}; run the same command again to resume",
-            step_key=self.spec.key,
-        )
+        return interrupted_error(self.spec, self.store, stopped)
 
     def tick(self) -> Decision:
         """Reconcile the live attempt with the backend, decide, and carry out the decision
@@ -168,7 +155,13 @@ class StepRunner:
         now = self.clock()
         attempts = self.ledger.attempts
         spent = spent_usd(attempts, self.policy, now)
-        outlook = self._outlook(now, tick)
+        outlook = self._outlook.at(
+            now,
+            tick=tick,
+            poll_interval=self.poll_interval,
+            deadline_s=self.policy.deadline_s,
+            spot_probe=self.spot_probe,
+        )
         if self.placements:
             return decide_pool(
                 attempts,
@@ -193,33 +186,6 @@ class StepRunner:
             self._placements = pool_placements(self.backend, self.spec)
         return self._placements
 
-    def _outlook(self, now: float, tick: bool) -> Outlook:
-        """Planner inputs beyond the ledger: checkpoint progress (deadline-aware policies only:
-        it reads the store) and how often the planner really runs (poll interval or the measured
-        period, whichever is longer). Restart overhead, deadline and spend are derived from the
-        ledger by the planner itself."""
-        period = self.poll_interval
-        if self._last_tick_at is not None:
-            period = max(period, now - self._last_tick_at)
-        if tick:
-            self._last_tick_at = now
-        progress = available = since = None
-        if self.policy.deadline_s is not None:
-            latest = self.store.latest()
-            progress = latest.progress if latest is not None else None
-            if self.spot_probe is not None:
-                available = self.spot_probe()
-                if available is not None and available is not self._spot_seen:
-                    self._spot_seen, self._spot_since = available, now
-                since = self._spot_since if available is not None else None
-        return Outlook(
-            progress=progress,
-            tick_s=period,
-            stop_s=self._stop_s,
-            spot_available=available,
-            spot_state_since=since,
-        )
-
     def result(self, decision: Decision) -> RunResult:
         return RunResult(self.spec.key, list(self.ledger.attempts), decision)
 
@@ -236,7 +202,9 @@ class StepRunner:
             # right now, or by one that crashed between the two writes.
             job_id = self.backend.find(live.job_name)
             if job_id is None:
-                if live.owner != self.ledger.owner and not self._owner_gone(live):
+                if live.owner != self.ledger.owner and not owner_gone(
+                    live, clock=self.clock, grace_s=self.submit_grace_s
+                ):
                     return  # its owner is submitting it: wait, never submit a duplicate
                 if live.owner != self.ledger.owner:
                     live = self.ledger.take_over(live)
@@ -269,7 +237,7 @@ class StepRunner:
         before = live.state
         live = self.ledger.observe(live, obs)
         if live.state is AttemptState.DONE and before is not AttemptState.DONE:
-            live = self._record_last_checkpoint(live)
+            live = record_last_checkpoint(self.ledger, self.store, live)
         if before is not AttemptState.RUNNING and live.state is AttemptState.RUNNING:
             self._emit("started", live, f"attempt {live.number} running on {live.capacity.value}")
         if live.state is AttemptState.DONE and live.outcome is not None:
@@ -327,7 +295,7 @@ class StepRunner:
             self.backend.cancel(target.job_id, reason=f"{CANCEL_REASON_PREFIX} {decision.reason}")
             if target.state is AttemptState.RUNNING:
                 self._await_exit(target)
-                self._stop_s = max(self._stop_s, self.clock() - cancelled_at)
+                self._outlook.stop_took(self.clock() - cancelled_at)
             self._finish_stopped(target, decision.outcome, decision.reason)
         elif decision.action is Action.FAIL:
             self._emit("failed", None, decision.reason)
@@ -353,22 +321,8 @@ class StepRunner:
     def _finish_stopped(self, live: Attempt, outcome: Outcome, reason: str) -> None:
         live = self.ledger.finish(live, outcome, now=self.clock(), reason=reason)
         if live.started_at is not None:
-            live = self._record_last_checkpoint(live)
+            live = record_last_checkpoint(self.ledger, self.store, live)
         self._emit(OUTCOME_EVENTS[outcome], live, reason)
-
-    def _owner_gone(self, attempt: Attempt) -> bool:
-        """Whether the runner that owns a recorded-but-unsubmitted attempt is gone: a process of
-        this host that no longer runs, or (any host) silent for ``submit_grace_s``."""
-        host, _, rest = (attempt.owner or "").partition(":")
-        pid = rest.partition(":")[0]
-        if host == socket.gethostname() and pid.isdigit():
-            try:
-                os.kill(int(pid), 0)
-            except ProcessLookupError:
-                return True
-            except PermissionError:
-                pass
-        return self.clock() - attempt.submitted_at > self.submit_grace_s
 
     def _await_exit(self, attempt: Attempt, timeout_s: float | None = None) -> None:
         """Wait (bounded) for a stopped attempt's worker to exit, so its emergency checkpoint is
@@ -384,18 +338,6 @@ class StepRunner:
             self.spec.key,
             attempt.number,
             self.cancel_wait_s if timeout_s is None else timeout_s,
-        )
-
-    def _record_last_checkpoint(self, attempt: Attempt) -> Attempt:
-        """Note the newest durable checkpoint at the attempt's end (for lost-work accounting)."""
-        latest = self.store.latest()
-        if latest is None:
-            return attempt
-        return self.ledger.update(
-            attempt,
-            last_checkpoint_step=latest.step,
-            last_checkpoint_at=latest.created_at,
-            progress_end=latest.progress,
         )
 
     def _submit_recorded(self, attempt: Attempt) -> None:

@@ -15,6 +15,8 @@ definition per step spec (and region).
   per region; a job outside the home region is named by its job ARN (see ``aws_placements``).
   ``check_spec`` makes sure, once, that every other region's queues can be reached with these
   credentials, before anything is recorded or submitted.
+- Hosts: with ``resolve_hosts``, ``describe`` adds the EC2 instance id, type and zone a job ran on
+  (see ``aws_hosts``).
 
 Clients are injectable (``session``, ``endpoint_url``, or ready ``batch_client``/``ecs_client``).
 """
@@ -28,9 +30,11 @@ from typing import Any
 
 from spot_workflows.backends import aws_placements as ap
 from spot_workflows.backends.aws_errors import AwsCaller, RetryPolicy, make_client
+from spot_workflows.backends.aws_hosts import (  # noqa: F401  (container_hosts: public here)
+    JobHosts,
+    container_hosts,
+)
 from spot_workflows.backends.aws_jobs import (
-    cluster_of,
-    container_instance_arn,
     env_list,
     job_definition,
     job_definition_name,
@@ -98,7 +102,13 @@ class AwsBatchBackend:
         self._session, self._endpoint_url = session, endpoint_url
         self._retry, self._sleep = retry, sleep
         self._batch: dict[str, Any] = {self.region: self.batch}
-        self._ecs: dict[str, Any] = {self.region: ecs_client} if ecs_client else {}
+        self._job_hosts = JobHosts(
+            home=self.region,
+            caller=self._caller,
+            session=session,
+            endpoint_url=endpoint_url,
+            ecs_client=ecs_client,
+        )
         self.call = AwsCaller(retry=retry, sleep=sleep, region=self.region)
         self._callers: dict[str, AwsCaller] = {self.region: self.call}
         for p in self.placements:  # one client per region, made now: a bad region fails here
@@ -111,7 +121,6 @@ class AwsBatchBackend:
         self.resolve_hosts = resolve_hosts
         self.tags = dict(tags or {})
         self._definitions: dict[tuple[str, str], str] = {}  # (region, name) -> ARN, revision
-        self._hosts: dict[str, dict[str, str | None]] = {}  # container instance ARN -> host
         self._noticed: set[str] = set()  # job ids an interruption warning was seen for
 
     # -- Backend protocol --------------------------------------------------------------------
@@ -163,7 +172,9 @@ class AwsBatchBackend:
                 )["jobs"]
                 for job in jobs:
                     noticed = {job.get("jobId"), job.get("jobArn")} & self._noticed
-                    obs = self._with_host(observation_from_job(job, notice_seen=bool(noticed)), job)
+                    obs = observation_from_job(job, notice_seen=bool(noticed))
+                    if self.resolve_hosts:  # the host it ran on: cost, notices' steps
+                        obs = self._job_hosts.with_host(obs, job)
                     for given in wanted.get(str(job.get("jobId")), []) or [obs.job_id]:
                         out[given] = obs.model_copy(update={"job_id": given})
                     if region == self.region:
@@ -354,65 +365,6 @@ class AwsBatchBackend:
             log.info("registered %s for step %s", arn, spec.key)
         self._definitions[(region, name)] = arn
         return arn
-
-    # -- where a job runs (for cost and for tying interruption warnings to steps) ----------------
-    def _with_host(self, obs: Observation, job: Mapping[str, Any]) -> Observation:
-        if not self.resolve_hosts:
-            return obs
-        arn = container_instance_arn(job)
-        host = self._host(arn) if arn else None
-        if not host:
-            return obs
-        update = {k: v for k, v in host.items() if v and getattr(obs, k) is None}
-        return obs.model_copy(update=update) if update else obs
-
-    def _host(self, arn: str) -> dict[str, str | None] | None:
-        if arn not in self._hosts:
-            region = arn.split(":")[3] or self.region
-            try:
-                ecs = self._ecs_client(region)
-                self._hosts.update(container_hosts(ecs, [arn], call=self._caller(region)))
-            except SpotWorkflowsError as exc:  # best effort: never fail a describe over it
-                log.debug("could not resolve ECS container instance %s: %s", arn, exc)
-                return None
-        return self._hosts.get(arn)
-
-    def _ecs_client(self, region: str) -> Any:
-        if region not in self._ecs:
-            self._ecs[region] = make_client(
-                "ecs", session=self._session, region=region, endpoint_url=self._endpoint_url
-            )
-        return self._ecs[region]
-
-
-def container_hosts(
-    ecs: Any, arns: Sequence[str], *, call: AwsCaller | None = None
-) -> dict[str, dict[str, str | None]]:
-    """ECS container instance ARN -> {instance_id, instance_type, zone} (DescribeContainerInstances)."""
-    call = call or AwsCaller()
-    by_cluster: dict[str, list[str]] = {}
-    for arn in arns:
-        cluster = cluster_of(arn)
-        if cluster:
-            by_cluster.setdefault(cluster, []).append(arn)
-    out: dict[str, dict[str, str | None]] = {}
-    for cluster, members in by_cluster.items():
-        for start in range(0, len(members), 100):
-            resp = call(
-                ecs,
-                "describe_container_instances",
-                what=f"ECS cluster {cluster!r}",
-                cluster=cluster,
-                containerInstances=members[start : start + 100],
-            )
-            for ci in resp.get("containerInstances", []):
-                attrs = {a.get("name"): a.get("value") for a in ci.get("attributes") or []}
-                out[ci["containerInstanceArn"]] = {
-                    "instance_id": ci.get("ec2InstanceId"),
-                    "instance_type": attrs.get("ecs.instance-type"),
-                    "zone": attrs.get("ecs.availability-zone"),
-                }
-    return out
 
 
 def _one_line(exc: BaseException) -> str:

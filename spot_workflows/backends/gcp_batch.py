@@ -17,26 +17,20 @@ with an earlier attempt; a 409 ``AlreadyExists`` on create can only mean our own
 
 from __future__ import annotations
 
-import math
 import re
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import timedelta
 
 from google.api_core import exceptions as gexc
 from google.cloud import batch_v1
 
-from spot_workflows.backends.base import attempt_env
 from spot_workflows.backends.gcp_errors import call, translate
+from spot_workflows.backends.gcp_jobs import batch_job
 from spot_workflows.backends.gcp_placements import gcp_placements, pick
 from spot_workflows.backends.gcp_status import (
-    LABEL_ATTEMPT,
-    LABEL_CAPACITY,
     LABEL_MANAGED,
     LABEL_STEP,
-    PREEMPTION_EXIT_CODE,
-    PROVISIONING,
     gcp_job_id,
     gcp_label_value,
     labels_step,
@@ -52,7 +46,6 @@ _LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _REGION = re.compile(r"^[a-z]+(?:-[a-z]+)+\d+$")
 _TOPIC = re.compile(r"^projects/[^/]+/topics/[^/]+$")
 LABEL_PLACEMENT = "spot-workflows-placement"
-_GPU_MACHINES = ("a2-", "a3-", "a4-", "g2-", "g4-")  # accelerator-optimized: GPUs are implied
 
 
 class GcpBatchBackend:
@@ -170,111 +163,23 @@ class GcpBatchBackend:
         capacity: Capacity,
         zones: Sequence[str] | None = None,
     ) -> batch_v1.Job:
-        """The ``batch_v1.Job`` for one attempt (pure: no API call); ``zones``: the allowed
-        zones (default: the backend's ``zones``)."""
+        """The ``batch_v1.Job`` for one attempt (pure: no API call; see :mod:`.gcp_jobs`);
+        ``zones``: the allowed zones (default: the backend's ``zones``)."""
         zones = self.zones if zones is None else tuple(zones)
-        if not spec.image:
-            raise ConfigError(
-                f"step {spec.key!r} has no image: GCP Batch runs containers, set StepSpec.image "
-                "(e.g. us-docker.pkg.dev/PROJECT/REPO/train:1)"
-            )
-        machine_type = self.machine_type
-        if machine_type is None and len(spec.instance_types) > 1:
-            raise ConfigError(
-                f"GCP Batch takes one machine type per job; step {spec.key!r} lists "
-                f"{spec.instance_types}: pass machine_type= or keep one instance type"
-            )
-        if machine_type is None and spec.instance_types:
-            machine_type = spec.instance_types[0]
-        gpu_count = self.accelerator_count or spec.gpus
-        accelerators = []
-        if self.accelerator_type:
-            accelerators.append(
-                batch_v1.AllocationPolicy.Accelerator(
-                    type_=self.accelerator_type, count=max(1, gpu_count)
-                )
-            )
-        elif spec.gpus and not (machine_type or "").startswith(_GPU_MACHINES):
-            raise ConfigError(
-                f"step {spec.key!r} asks for {spec.gpus} GPU(s): set accelerator_type= (e.g. "
-                "nvidia-l4, nvidia-tesla-t4) or an accelerator-optimized machine_type (a2-, a3-, g2-)"
-            )
-        drivers = self.install_gpu_drivers
-        if drivers is None:
-            drivers = bool(accelerators) or bool(spec.gpus)
-        extra = {"SPOT_NOTICE_SOURCE": "gcp"} if spec.notice_source == "auto" else None
-        env = attempt_env(spec, attempt=attempt, capacity=capacity, extra=extra)
-        task = batch_v1.TaskSpec(
-            runnables=[
-                batch_v1.Runnable(
-                    container=batch_v1.Runnable.Container(
-                        image_uri=spec.image,
-                        entrypoint=spec.command[0],
-                        commands=list(spec.command[1:]),
-                    )
-                )
-            ],
-            compute_resource=batch_v1.ComputeResource(
-                cpu_milli=max(1, round(spec.vcpus * 1000)), memory_mib=spec.memory_mib
-            ),
-            environment=batch_v1.Environment(variables=env),
-            max_retry_count=self.in_place_retries,
+        return batch_job(
+            spec,
+            attempt=attempt,
+            capacity=capacity,
+            zones=zones,
+            machine_type=self.machine_type,
+            accelerator_type=self.accelerator_type,
+            accelerator_count=self.accelerator_count,
+            install_gpu_drivers=self.install_gpu_drivers,
+            in_place_retries=self.in_place_retries,
+            labels=self.labels,
+            service_account=self.service_account,
+            notification_topic=self.notification_topic,
         )
-        if self.in_place_retries:
-            task.lifecycle_policies = [
-                batch_v1.LifecyclePolicy(
-                    action=batch_v1.LifecyclePolicy.Action.RETRY_TASK,
-                    action_condition=batch_v1.LifecyclePolicy.ActionCondition(
-                        exit_codes=[PREEMPTION_EXIT_CODE]
-                    ),
-                )
-            ]
-        if spec.timeout_s:
-            task.max_run_duration = timedelta(seconds=math.ceil(spec.timeout_s))
-        labels = {
-            **self.labels,
-            LABEL_STEP: gcp_label_value(spec.key),
-            LABEL_ATTEMPT: str(attempt),
-            LABEL_CAPACITY: capacity.value.lower(),
-            LABEL_MANAGED: "spot-workflows",
-        }
-        policy = batch_v1.AllocationPolicy.InstancePolicy(
-            provisioning_model=PROVISIONING[capacity], accelerators=accelerators
-        )
-        if machine_type:
-            policy.machine_type = machine_type
-        allocation = batch_v1.AllocationPolicy(
-            instances=[
-                batch_v1.AllocationPolicy.InstancePolicyOrTemplate(
-                    policy=policy, install_gpu_drivers=drivers
-                )
-            ],
-            labels=labels,
-        )
-        if zones:
-            allocation.location = batch_v1.AllocationPolicy.LocationPolicy(
-                allowed_locations=[f"zones/{z}" for z in zones]
-            )
-        if self.service_account:
-            allocation.service_account = batch_v1.ServiceAccount(email=self.service_account)
-        job = batch_v1.Job(
-            task_groups=[batch_v1.TaskGroup(task_spec=task, task_count=1, parallelism=1)],
-            allocation_policy=allocation,
-            labels=labels,
-            logs_policy=batch_v1.LogsPolicy(
-                destination=batch_v1.LogsPolicy.Destination.CLOUD_LOGGING
-            ),
-        )
-        if self.notification_topic:
-            kinds = batch_v1.JobNotification.Type
-            job.notifications = [
-                batch_v1.JobNotification(
-                    pubsub_topic=self.notification_topic,
-                    message=batch_v1.JobNotification.Message(type_=kind),
-                )
-                for kind in (kinds.JOB_STATE_CHANGED, kinds.TASK_STATE_CHANGED)
-            ]
-        return job
 
     # -- Backend protocol --------------------------------------------------------------------
     def submit(

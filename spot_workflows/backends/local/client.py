@@ -29,10 +29,11 @@ from spot_workflows.backends.base import attempt_env
 from spot_workflows.backends.local.cloud import EVENTS_FILE
 from spot_workflows.backends.local.daemon import INFO_FILE, TOKEN_FILE
 from spot_workflows.backends.local.jobs import LOG, read_json
-from spot_workflows.backends.local.market import SpotMarket, market_from_spec, market_spec
+from spot_workflows.backends.local.market import SpotMarket, market_spec
+from spot_workflows.backends.local.placements import local_placements, pick_placement
 from spot_workflows.config import StepSpec
 from spot_workflows.core.outcomes import Capacity, Observation
-from spot_workflows.core.placements import Placement, by_name, check_placements, of_capacity
+from spot_workflows.core.placements import Placement
 from spot_workflows.errors import BackendError, ConfigError, NotFoundError
 
 STATE_DIR_ENV = "SPOT_WORKFLOWS_LOCAL_DIR"
@@ -216,7 +217,9 @@ class LocalBackend:
         self.state_dir = self.state_dir or default_state_dir()
         self.market = market
         self.market_spec = market_spec(market)
-        self.placements, self._market_specs = _placements(placements, markets, self.market_spec)
+        self.placements, self._market_specs = local_placements(
+            placements, markets, self.market_spec
+        )
         self.named_placements = placements is not None
         """True when the user listed placements (markets); False: the one market per capacity
         of old, whose availability :meth:`spot_available` tells the runner directly."""
@@ -248,17 +251,7 @@ class LocalBackend:
     # -- placements ------------------------------------------------------------------------------
     def placement_for(self, capacity: Capacity, name: str | None = None) -> Placement:
         """The placement ``name`` of ``capacity`` (None: the first of that capacity)."""
-        capacity = Capacity(capacity)
-        if name is None:
-            return of_capacity(self.placements, capacity)[0]
-        found = by_name(self.placements, name)
-        if found is None or found.capacity is not capacity:
-            names = ", ".join(p.name for p in of_capacity(self.placements, capacity))
-            raise ConfigError(
-                f"placement {name!r} is not a {capacity.value} placement of this local backend: "
-                f"use one of {names}"
-            )
-        return found
+        return pick_placement(self.placements, capacity, name)
 
     def market_of(self, placement: str | None = None) -> dict:
         """The market spec of a SPOT placement (None: the first)."""
@@ -360,58 +353,6 @@ class LocalBackend:
     def shutdown(self) -> dict | None:
         """Stop the daemon of this state directory and every job it runs."""
         return self.client.stop()
-
-
-DEFAULT_SPOT, DEFAULT_ON_DEMAND = "spot", "on-demand"
-
-
-def _placements(
-    given: Sequence[Placement | Mapping] | None,
-    markets: Mapping[str, SpotMarket | Mapping | None] | None,
-    default_spec: dict,
-) -> tuple[tuple[Placement, ...], dict[str, dict]]:
-    """(placements, market spec per SPOT placement) from the constructor's arguments."""
-    if given is None:
-        if markets:
-            raise ConfigError("markets names markets of placements: pass placements too")
-        given = [
-            Placement(name=DEFAULT_SPOT),
-            Placement(name=DEFAULT_ON_DEMAND, capacity="ON_DEMAND"),
-        ]
-    items: list[Placement] = []
-    inline: dict[str, object] = {}
-    for p in given:
-        if isinstance(p, Mapping):
-            fields = dict(p)
-            market = fields.pop("market", None)
-            p = check_placements([fields], what="local placements")[0]
-            if market is not None:
-                inline[p.name] = market
-        items.append(p)
-    if items and not of_capacity(items, Capacity.ON_DEMAND):
-        items.append(Placement(name=DEFAULT_ON_DEMAND, capacity=Capacity.ON_DEMAND))
-    if items and not of_capacity(items, Capacity.SPOT):
-        items.insert(0, Placement(name=DEFAULT_SPOT))
-    placements = check_placements(items, what="local placements")
-    spot = [p.name for p in of_capacity(placements, Capacity.SPOT)]
-    chosen = {**inline, **dict(markets or {})}
-    unknown = sorted(set(chosen) - set(spot))
-    if unknown:
-        raise ConfigError(
-            f"markets: {', '.join(map(repr, unknown))} is not a SPOT placement; name one of "
-            f"{', '.join(spot)}"
-        )
-    specs = {}
-    for name in spot:
-        m = chosen.get(name)
-        if m is None:
-            specs[name] = default_spec
-        elif isinstance(m, Mapping):
-            market_from_spec(dict(m))  # a malformed spec fails here, before anything runs
-            specs[name] = dict(m)
-        else:
-            specs[name] = market_spec(m)  # type: ignore[arg-type]
-    return placements, specs
 
 
 def _flock(f, timeout: float) -> None:

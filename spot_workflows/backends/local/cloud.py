@@ -5,7 +5,8 @@
 capacity (like a Batch job stuck RUNNABLE); when the market reclaims it, the notice appears on
 the job's metadata endpoint (AWS IMDSv2 and GCE paths, served by this process for as long as the
 job lives), SIGTERM follows after the job's notice window and SIGKILL after its grace period.
-On-demand jobs are never reclaimed.
+On-demand jobs are never reclaimed. Each job runs under its own supervisor process, which
+:mod:`.supervision` spawns, watches and signals on the daemon's behalf.
 
 Markets are per step key: "reclaim the first two spot attempts" means the first two of *each*
 step, whichever process submitted them. A job submitted to a named placement (``"placement"``)
@@ -19,11 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import secrets
 import signal
 import subprocess
-import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -33,6 +32,11 @@ from spot_workflows.backends.local import jobs as J
 from spot_workflows.backends.local.events import append_event
 from spot_workflows.backends.local.market import market_from_spec
 from spot_workflows.backends.local.metadata import LocalMetadataServer
+from spot_workflows.backends.local.supervision import (
+    record_lost_supervisor,
+    signal_job,
+    spawn_supervisor,
+)
 from spot_workflows.core.outcomes import Capacity, Observation
 from spot_workflows.errors import BackendError, ConfigError, NotFoundError
 
@@ -154,7 +158,7 @@ class LocalCloud:
                 return  # already over: a late cancel changes nothing
             if not (job_dir / J.CANCEL).exists():
                 J.write_json_atomic(job_dir / J.CANCEL, {"reason": reason, "at": time.time()})
-            self._signal_job(job_dir, signal.SIGTERM)
+            signal_job(job_dir, signal.SIGTERM)
         self.wakeup.set()
 
     def find(self, job_name: str) -> str | None:
@@ -290,49 +294,19 @@ class LocalCloud:
     def _check_supervisor(self, job_dir: Path, job: dict, now: float) -> None:
         """A supervisor that died without recording an exit (killed, or crashed before it
         started the command): record the job as lost, so it is never waited on forever."""
-        status = J.read_json(job_dir / J.STATUS)
-        if status is not None:
-            if "exit_code" in status or J.alive(
-                status.get("supervisor_pid"), status.get("supervisor_start")
-            ):
-                return
-            what = f"the job's supervisor (pid {status.get('supervisor_pid')}) died"
-        else:
-            try:
-                pid = int((job_dir / J.CLAIM).read_text())
-            except (OSError, ValueError):
-                return  # not claimed yet
-            claimed = (job_dir / J.CLAIM).stat().st_mtime
-            if J.alive(pid) and now - claimed < START_TIMEOUT_S:
-                return
-            if J.alive(pid):
-                what = f"the job's supervisor (pid {pid}) did not start the command in time"
-                with contextlib.suppress(OSError):
-                    os.killpg(pid, signal.SIGKILL)
-            else:
-                what = f"the job's supervisor (pid {pid}) exited before starting the command"
-            status = {"supervisor_pid": pid, "started_at": None}
-        status.update({"exit_code": None, "ended_at": now, "lost": what})
-        J.write_json_atomic(job_dir / J.STATUS, status)
-        self._record(job, "lost", now, reason=what)
+        what = record_lost_supervisor(job_dir, now, start_timeout_s=START_TIMEOUT_S)
+        if what is not None:
+            self._record(job, "lost", now, reason=what)
 
     def _spawn(self, job_dir: Path) -> None:
-        self._children.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "spot_workflows.backends.local.worker", str(job_dir)],
-                start_new_session=True,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
+        self._children.append(spawn_supervisor(job_dir))
 
     def _maybe_reclaim(self, job_dir: Path, job: dict, now: float) -> None:
         grace = float(job.get("grace_s", 5.0))
         cancel = J.read_json(job_dir / J.CANCEL)
         if cancel is not None:
             if now >= cancel["at"] + grace:
-                self._signal_job(job_dir, signal.SIGKILL)
+                signal_job(job_dir, signal.SIGKILL)
             return
         reclaim_at = job.get("reclaim_at")
         if reclaim_at is None or now < reclaim_at or not (job_dir / J.STATUS).exists():
@@ -350,12 +324,12 @@ class LocalCloud:
             reclaim["stage"] = "sigterm"
             J.write_json_atomic(job_dir / J.RECLAIM, reclaim)
             sig = signal.SIGTERM if grace > 0 else signal.SIGKILL
-            self._signal_job(job_dir, sig)
+            signal_job(job_dir, sig)
             self._record(job, sig.name.lower(), now)
         elif reclaim["stage"] == "sigterm" and now >= reclaim["deadline"] + grace:
             reclaim["stage"] = "sigkill"
             J.write_json_atomic(job_dir / J.RECLAIM, reclaim)
-            self._signal_job(job_dir, signal.SIGKILL)
+            signal_job(job_dir, signal.SIGKILL)
             self._record(job, "sigkill", now)
 
     def _serve_notice(self, job: dict, deadline: float) -> None:
@@ -385,17 +359,6 @@ class LocalCloud:
         }
         with contextlib.suppress(OSError):  # watchers lose one event; the market goes on
             append_event(self.events_path, doc)
-
-    def _signal_job(self, job_dir: Path, sig: signal.Signals) -> None:
-        """Signal every process of the job except its supervisor (which records the exit)."""
-        status = J.read_json(job_dir / J.STATUS)
-        if not status or "exit_code" in status or not status.get("supervisor_pid"):
-            return
-        supervisor = status["supervisor_pid"]
-        for pid in J.session_pids(supervisor):
-            if pid != supervisor:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
 
     def _job_dir(self, job_id: str) -> Path:
         job_dir = self.jobs_dir / job_id

@@ -22,21 +22,19 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from spot_workflows.core.cadence import adaptive_interval, observed_mtbf
-from spot_workflows.core.outcomes import (
-    RESERVED_EXIT_CODE,
-    Capacity,
-    NoticeKind,
-    TerminationNotice,
-)
+from spot_workflows.core.outcomes import RESERVED_EXIT_CODE, Capacity, TerminationNotice
 from spot_workflows.errors import ConfigError, LedgerError
+from spot_workflows.runtime.checkpoint.emergency_save import (  # noqa: F401  (re-exported)
+    EmergencySaveReport,
+    timed_emergency_save,
+)
 from spot_workflows.runtime.store.checkpoint_store import CheckpointStore, Manifest
 from spot_workflows.runtime.store.handoff import WRAPPED_ENV, own_step_or_exit, watch_marker
 
@@ -65,21 +63,6 @@ class Restored:
     @property
     def progress(self) -> float | None:
         return self.manifest.progress
-
-
-class EmergencySaveReport(BaseModel):
-    """How the save after a termination notice went; written to the store when it went badly."""
-
-    step: int
-    started_at: float
-    finished_at: float
-    deadline: float | None
-    met_deadline: bool | None
-    error: str | None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and self.met_deadline is not False
 
 
 class Checkpointer:
@@ -363,44 +346,9 @@ class Checkpointer:
     def run_emergency_save(self, step: int, save: Callable[[], object]) -> EmergencySaveReport:
         """Run ``save()`` as the emergency save of ``step``, timed against the notice deadline
         and reported like :meth:`emergency_save` (the async checkpointer's flush uses this)."""
-        notice = self.notice
-        deadline = None
-        if notice is not None and notice.deadline is not None:
-            when = notice.deadline
-            deadline = (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
-        started = self._wall()
-        error = None
-        try:
-            save()
-        except Exception as exc:  # the report must carry any failure, whatever it is
-            error = f"{type(exc).__name__}: {exc}"
-        finished = self._wall()
-        report = EmergencySaveReport(
-            step=step,
-            started_at=started,
-            finished_at=finished,
-            deadline=deadline,
-            met_deadline=None if deadline is None else finished <= deadline,
-            error=error,
+        return timed_emergency_save(
+            self.store, step, save, notice=self.notice, wall_clock=self._wall
         )
-        if report.ok:
-            log.info("emergency checkpoint step %d saved in %.2fs", step, finished - started)
-            return report
-        what = error or f"finished {finished - (deadline or finished):.2f}s after the deadline"
-        kind = notice.kind if notice else NoticeKind.SIGTERM
-        log.error(
-            "emergency checkpoint step %d (%s) went wrong: %s; report in %s/emergency-%d.json",
-            step,
-            kind,
-            what,
-            self.store.uri,
-            step,
-        )
-        try:
-            self.store.write_atomic(f"emergency-{step}.json", report.model_dump_json().encode())
-        except Exception as exc:  # best-effort: the ERROR log above already carries the report
-            log.error("could not write emergency report for step %d: %s", step, exc)
-        return report
 
     def exit_preempted(self) -> NoReturn:
         """Exit with the reserved code (75) so the attempt counts as PREEMPTED, not an error."""

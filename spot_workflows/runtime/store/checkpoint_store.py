@@ -14,7 +14,6 @@ whose files have their recorded sizes, so a save killed at any moment leaves the
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -36,24 +35,20 @@ from spot_workflows.errors import CheckpointError, ConfigError, CorruptCheckpoin
 from spot_workflows.runtime.store import digests, faults
 from spot_workflows.runtime.store.file_io import CHUNK, chunks, copy_hashed, fsync_dir
 from spot_workflows.runtime.store.manifest import (  # noqa: F401  (re-exported)
+    LATEST,
+    MANIFEST,
     CheckpointWarning,
     Manifest,
     ManifestFile,
     check_name,
 )
+from spot_workflows.runtime.store.retention import prune_old_checkpoints, tidy_step_dir
 from spot_workflows.runtime.store.retry import RetryPolicy, is_storage_error
 
 log = logging.getLogger("spot_workflows.checkpoint")
 
-MANIFEST = "manifest.json"
-LATEST = "latest.json"
 _STEP_DIR = re.compile(r"step-(\d+)")
 _TMP = ".spot-tmp-"
-
-
-def _best_effort(exc: Exception) -> bool:
-    """Errors that housekeeping after a save may swallow (it logs them instead)."""
-    return isinstance(exc, CheckpointError) or is_storage_error(exc)
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -257,48 +252,9 @@ class CheckpointStore:
         except CheckpointError as exc:
             log.warning("checkpoint step %d saved, but %s; readers scan step dirs", step, exc)
         faults.reached("tidy")
-        self._tidy(manifest)
-        self._prune()
+        tidy_step_dir(self, manifest)
+        prune_old_checkpoints(self)
         return manifest
-
-    def _tidy(self, manifest: Manifest) -> None:
-        """Remove leftovers in the step dir (temp files, an older save of the step)."""
-        sdir = f"step-{manifest.step}"
-        keep = {manifest.relpath(f.name) for f in manifest.files} | {f"{sdir}/{MANIFEST}"}
-        try:
-            for rel in self._listing(sdir):
-                if f"{sdir}/{rel}" not in keep:
-                    self._rm_quiet(self._path(f"{sdir}/{rel}"))
-            if self._local:  # object stores have no empty directories
-                for d in sorted(Path(self._path(sdir)).rglob("*"), reverse=True):
-                    if d.is_dir() and not any(d.iterdir()):
-                        d.rmdir()
-        except Exception as exc:  # best-effort: the checkpoint is already saved
-            if not _best_effort(exc):
-                raise
-            log.debug("could not tidy %s/%s: %s", self.uri, sdir, exc)
-
-    def _prune(self) -> None:
-        """Delete step directories older than the newest ``keep_last`` valid checkpoints."""
-        kept: list[int] = []
-        try:
-            for step in self._step_dirs():
-                if len(kept) < self.keep_last:
-                    m = self._load_manifest(step, warn=False)
-                    if m is not None and self._sizes_problem(m) is None:
-                        kept.append(step)
-                    continue
-                log.debug("pruning checkpoint step %d in %s", step, self.uri)
-                self._rm_quiet(self._path(f"step-{step}/{MANIFEST}"))  # invisible first
-                self.fs.rm(self._path(f"step-{step}"), recursive=True)
-        except Exception as exc:  # best-effort: never report a saved checkpoint as failed
-            if not _best_effort(exc):
-                raise
-            log.warning("could not prune old checkpoints in %s: %s", self.uri, exc)
-
-    def _rm_quiet(self, path: str) -> None:
-        with contextlib.suppress(OSError):
-            self.fs.rm(path)
 
     # -- finding and reading -------------------------------------------------------------------
 

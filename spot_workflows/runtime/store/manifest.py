@@ -11,6 +11,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from spot_workflows.errors import CheckpointError, ConfigError
 
+MANIFEST = "manifest.json"
+"""A checkpoint's manifest object: ``step-<N>/manifest.json``, written after every data file."""
+LATEST = "latest.json"
+"""Copy of the newest manifest at the store's root, written last (a hint for cheap readers)."""
+
 _BAD_NAME = re.compile(r"(?:^|/)\.{0,2}(?:/|$)|[\\\x00]|^[A-Za-z]:")  # '', '.', '..', '//', ...
 
 

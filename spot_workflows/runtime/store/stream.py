@@ -24,6 +24,7 @@ from spot_workflows.runtime.store import digests, faults
 from spot_workflows.runtime.store.checkpoint_store import LATEST, MANIFEST, CheckpointStore, log
 from spot_workflows.runtime.store.file_io import fsync_dir
 from spot_workflows.runtime.store.manifest import Manifest, ManifestFile, check_name
+from spot_workflows.runtime.store.retention import prune_old_checkpoints, tidy_step_dir
 
 
 class StreamingSave:
@@ -112,8 +113,8 @@ class StreamingSave:
         (deleting gigabytes takes a while; the new checkpoint is already durable)."""
         if self._committed is not None:
             faults.reached("tidy")
-            self.store._tidy(self._committed)
-            self.store._prune()
+            tidy_step_dir(self.store, self._committed)
+            prune_old_checkpoints(self.store)
 
     def abort(self) -> None:
         """Remove what was written (best-effort); the checkpoint never becomes visible."""
