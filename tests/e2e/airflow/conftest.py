@@ -10,6 +10,7 @@ ends; other test directories never import airflow.
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import sys
@@ -125,7 +126,16 @@ def run_dag(dagbag: DagBag):
     def run(dag_id: str, **conf: object) -> DagRunResult:
         dag = dagbag.get_dag(dag_id)
         assert dag is not None, f"DAG {dag_id} not found; import errors: {dagbag.import_errors}"
-        return DagRunResult(dag.test(run_conf=conf or None))
+        # Airflow resolves a run's conf into the DAG's own Param objects (Param.resolve keeps the
+        # last value). A real task process parses the DAG afresh, so that never outlives a run;
+        # here the DagBag is shared by the session, so put the defaults back after each run.
+        params = [param for holder in (dag, *dag.tasks) for param in holder.params.values()]
+        defaults = [(param, copy.deepcopy(param.value)) for param in params]
+        try:
+            return DagRunResult(dag.test(run_conf=conf or None))
+        finally:
+            for param, value in defaults:
+                param.value = value
 
     return run
 
