@@ -297,6 +297,12 @@ def test_the_market_is_per_step_key_whichever_process_submits(tmp_path):
 # -- Ctrl-C ----------------------------------------------------------------------------------
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    # A suite started in the background by a non-interactive shell (``cmd &``) inherits SIGINT
+    # ignored, and Python then leaves Ctrl-C ignored; a terminal's foreground command has it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _demo(workdir: Path, **kw) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "spot_workflows.cli", "demo", "--json", f"--workdir={workdir}"],
@@ -304,6 +310,7 @@ def _demo(workdir: Path, **kw) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=_ctrl_c_as_in_a_terminal,
         **kw,
     )
 
