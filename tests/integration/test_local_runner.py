@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -169,16 +168,16 @@ def test_crash_between_record_and_submit_is_resolved_by_job_name(tmp_path):
 
 def test_recorded_but_never_submitted_attempt_is_submitted_once(tmp_path):
     spec = spec_for(tmp_path, ["sh", "-c", "exit 0"], key="wal2")
-    # recorded by a runner of this host that crashed before it submitted (its process is gone)
-    crashed = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
+    # a runner process records the attempt, then ends (crashes) before it submits it
+    record = (
+        "import sys, time\n"
+        "from spot_workflows.core.outcomes import Capacity\n"
+        "from spot_workflows.ledger import Ledger\n"
+        "from spot_workflows.runtime.store.checkpoint_store import CheckpointStore\n"
+        "ledger = Ledger.open(CheckpointStore(sys.argv[1]), 'wal2')\n"
+        "ledger.begin(capacity=Capacity.SPOT, backend='local', now=time.time())\n"
     )
-    owner = f"{socket.gethostname()}:{int(crashed.stdout)}:dead00"
-    ledger = Ledger.open(CheckpointStore(spec.checkpoint_uri), "wal2", owner=owner)
-    ledger.begin(capacity=Capacity.SPOT, backend="local", now=time.time())
+    subprocess.run([sys.executable, "-c", record, spec.checkpoint_uri], check=True, timeout=60)
     with LocalBackend(state_dir=tmp_path / "b") as backend:
         result = StepRunner(spec=spec, backend=backend, poll_interval=0.05).run()
     assert [a.outcome for a in result.attempts] == [Outcome.SUCCEEDED]
